@@ -1,0 +1,13 @@
+"""FisherSketch: streaming sketches of a language model's output-head Fisher information per task.
+
+The library never imports streamlit. Main entry points::
+
+    Sketcher(d, K, m=4096, seed=0, method="fast")   # feature maps + streaming state
+    alignment(sig_s, sig_t, form="U")               # ρ_F, ρ_h, ρ_e, κ with standard errors
+    kronecker_delta(sig, form="U")                  # δ_T = ‖F − A⊗G‖ / ‖F‖ with its standard error
+    fishersketch_core.exact                          # float64 oracle on raw (h, e) arrays
+"""
+from .signature import COMPAT_KEYS, IncompatibleSignatures, Signature, SketchMeta, check_compatible
+
+__all__ = ["COMPAT_KEYS", "IncompatibleSignatures", "Signature", "SketchMeta", "check_compatible"]
+__version__ = "0.1.0"
