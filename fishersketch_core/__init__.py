@@ -7,7 +7,14 @@ The library never imports streamlit. Main entry points::
     kronecker_delta(sig, form="U")                  # δ_T = ‖F − A⊗G‖ / ‖F‖ with its standard error
     fishersketch_core.exact                          # float64 oracle on raw (h, e) arrays
 """
+from . import exact
+from .align import Alignment, Estimate, KroneckerDelta, alignment, alignment_matrix, kronecker_delta, self_norms
 from .signature import COMPAT_KEYS, IncompatibleSignatures, Signature, SketchMeta, check_compatible
+from .sketch import METHODS, Sketcher, SketchState, route_halves
 
-__all__ = ["COMPAT_KEYS", "IncompatibleSignatures", "Signature", "SketchMeta", "check_compatible"]
+__all__ = [
+    "COMPAT_KEYS", "METHODS", "Alignment", "Estimate", "IncompatibleSignatures", "KroneckerDelta",
+    "Signature", "SketchMeta", "SketchState", "Sketcher", "alignment", "alignment_matrix", "check_compatible",
+    "exact", "kronecker_delta", "route_halves", "self_norms",
+]
 __version__ = "0.1.0"

@@ -91,7 +91,7 @@ class Signature:
     >>> import numpy as np
     >>> from fishersketch_core import Sketcher
     >>> sk = Sketcher(d=8, K=16, m=64, seed=0)
-    >>> st = sk.new_state(); st.update(np.random.randn(10, 8), np.random.randn(10, 16))
+    >>> st = sk.new_state().update(np.random.randn(10, 8), np.random.randn(10, 16))
     >>> sig = st.signature(); sig.joint.shape, sig.n_positions
     ((64,), 10)
     """
