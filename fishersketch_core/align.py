@@ -28,6 +28,10 @@ class Estimate:
     value: float
     se: float
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "se", float(self.se))
+
     def interval(self, z: float = 1.96) -> tuple[float, float]:
         return self.value - z * self.se, self.value + z * self.se
 

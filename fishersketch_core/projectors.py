@@ -98,7 +98,7 @@ class KroneckerHadamardProjector(Projector):
         self.P_used = math.ceil(N / self.Q)
         self.H_Q = hadamard(self.Q)  # (Q, Q)
         H_P = hadamard(self.P)
-        self.blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         remaining, b = self.m, 0
         while remaining > 0:
             rng = _rng(seed, family, b)
@@ -107,26 +107,37 @@ class KroneckerHadamardProjector(Projector):
             a = math.ceil(take / self.Q)
             rows_p = torch.from_numpy(np.sort(rng.permutation(self.P)[:a]))
             left = H_P[rows_p][:, : self.P_used].contiguous()  # (a, P_used)
-            cols = None
-            if a * self.Q > take:  # the last block may need a subset of its a·Q outputs
-                cols = torch.from_numpy(np.sort(rng.permutation(a * self.Q)[:take]))
+            # A random order of the block's outputs (and a subset in the last block). Without it,
+            # feature j would pair row j of one family with row j of the other, and since
+            # H[j,k]·H[j,l] = H[j,k⊕l] the product features collapse into an XOR-hash sketch with
+            # far fewer effective buckets (measured: 2.6× the dense RMS error, SEs off by 3×).
+            cols = torch.from_numpy(rng.permutation(a * self.Q)[:take])
             self.blocks.append((signs, left, cols))
             remaining -= take
             b += 1
 
+    ROWS_PER_PASS = 128  # positions per pass: the signed copy of x stays in cache and is reused
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)
         n = x.shape[0]
+        out = torch.empty(n, self.m, dtype=torch.float32, device=x.device)  # (n, m)
         padded_len = self.P_used * self.Q
-        if padded_len != self.N:
-            x = torch.nn.functional.pad(x, (0, padded_len - self.N))
-        outs = []
-        for signs, left, cols in self.blocks:
-            X = (x * signs.to(x.device)).view(n, self.P_used, self.Q)  # (n, P_used, Q)
-            Y = torch.matmul(left.to(x.device), X)  # (n, a, Q)
-            Y = torch.matmul(Y, self.H_Q.to(x.device)).reshape(n, -1)  # (n, a·Q); H_Q symmetric
-            outs.append(Y if cols is None else Y[:, cols.to(x.device)])
-        return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+        # One preallocated buffer: a fresh (n, N) allocation per call costs more in page faults
+        # than the sign multiply itself (measured 0.06 s against 0.015 s at n=1024, N=49,152).
+        buf = torch.zeros(min(n, self.ROWS_PER_PASS), padded_len, dtype=torch.float32, device=x.device)
+        for start in range(0, n, self.ROWS_PER_PASS):
+            rows = x[start:start + self.ROWS_PER_PASS]
+            r = rows.shape[0]
+            col = 0
+            for signs, left, cols in self.blocks:
+                X = buf[:r]
+                torch.mul(rows, signs[: self.N].to(x.device), out=X[:, : self.N])  # D x, padding stays 0
+                Y = torch.matmul(left.to(x.device), X.view(r, self.P_used, self.Q))  # (r, a, Q)
+                Y = torch.matmul(Y, self.H_Q.to(x.device)).reshape(r, -1)  # (r, a·Q); H_Q symmetric
+                out[start:start + r, col:col + len(cols)] = Y[:, cols.to(x.device)]
+                col += len(cols)
+        return out
 
 
 PROJECTORS = {"dense": DenseRademacherProjector, "fast": KroneckerHadamardProjector}
