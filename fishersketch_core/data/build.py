@@ -446,9 +446,8 @@ def build(out: Path, only: Sequence[str] = (), force: bool = False, domains: Seq
     failed = {}
     if todo:
         counter = TokenCounter()
-        bar = tqdm(todo, unit="domain", file=sys.stdout)
+        bar = tqdm(todo, unit="domain", file=sys.stdout, mininterval=5)
         for spec in bar:
-            bar.set_description(spec.domain[:40])
             try:
                 meta = build_domain(spec, out, counter)
                 bar.write(f"  {spec.domain}: {sum(meta['tokens'].values())} tokens")
