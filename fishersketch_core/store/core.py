@@ -311,6 +311,11 @@ class SignatureStore:
         with self._lock:
             return self._connection.execute(sql, params)
 
+    def _arrow(self, sql: str, params: Sequence | dict | None = None) -> pa.Table:
+        """Run a query and return an Arrow table (``con.sql`` avoids the DB-API result's extra copy)."""
+        with self._lock:
+            return self._connection.sql(sql, params=params).to_arrow_table()
+
     def _fetch_df(self, sql: str, params: Sequence | dict | None = None) -> pd.DataFrame:
         with self._lock:
             return self._connection.execute(sql, params).fetchdf()
@@ -411,11 +416,10 @@ class SignatureStore:
         meta_cols = "t.id, t.name, t.model_id, t.model_hash, t.method, t.m, t.seed, t.d, t.K, t.count_0, t.count_1, t.extra"
         for (m,) in ms:
             table = vector_table(int(m))
-            with self._lock:
-                rows = self._connection.execute(
-                    f"SELECT {meta_cols}, {', '.join('v.' + c for c in HALF_COLUMNS)} FROM "
-                    f"(SELECT * FROM {table} WHERE task_id IN ({placeholders})) AS v "
-                    f"JOIN tasks AS t ON t.id = v.task_id", ids).to_arrow_table()
+            rows = self._arrow(
+                f"SELECT {meta_cols}, {', '.join('v.' + c for c in HALF_COLUMNS)} FROM "
+                f"(SELECT * FROM {table} WHERE task_id IN ({placeholders})) AS v "
+                f"JOIN tasks AS t ON t.id = v.task_id", ids)
             for i, sig in zip(rows.column("id").to_pylist(), signatures_from_rows(rows)):
                 found[i] = sig
         missing = [i for i in ids if i not in found]
@@ -438,10 +442,8 @@ class SignatureStore:
         m = int(meta["m"].iloc[0])
         id_list = [int(i) for i in meta["id"]]
         placeholders = ", ".join("?" * len(id_list))
-        with self._lock:
-            tbl = self._connection.execute(
-                f"SELECT task_id, {family} FROM {vector_table(m)} WHERE task_id IN ({placeholders})",
-                id_list).to_arrow_table()
+        tbl = self._arrow(f"SELECT task_id, {family} FROM {vector_table(m)} WHERE task_id IN ({placeholders})",
+                          id_list)
         from .records import list_matrix
         order = {tid: k for k, tid in enumerate(tbl.column("task_id").to_pylist())}
         mat = list_matrix(tbl.column(family), m)[[order[i] for i in id_list]]

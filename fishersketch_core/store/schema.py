@@ -143,7 +143,7 @@ def _v2_tags_and_delta(con: duckdb.DuckDBPyConnection) -> None:
     from .records import delta_u, signatures_from_rows  # local: records imports this module
 
     for m, table in vector_tables(con).items():
-        rows = con.execute(
+        rows = con.sql(
             f"SELECT t.id, t.name, t.method, t.m, t.seed, t.d, t.K, t.count_0, t.count_1, "
             f"{', '.join('v.' + c for c in HALF_COLUMNS)} "
             f"FROM tasks AS t JOIN {table} AS v ON v.task_id = t.id").to_arrow_table()
