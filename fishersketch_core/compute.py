@@ -151,8 +151,8 @@ def compute_state(lm: Any, seqs: Sequence[EncodedSequence], sketcher: Sketcher, 
                   max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS, overlap: int = 0,
                   max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES, max_error_bytes: int = DEFAULT_MAX_ERROR_BYTES,
                   progress: Callable[[Progress], Any] | None = None, checkpoint: str | os.PathLike | None = None,
-                  checkpoint_every: int = 20, cancel: Any = None, keep_checkpoint: bool = False
-                  ) -> tuple[SketchState, dict]:
+                  checkpoint_every: int = 20, checkpoint_seconds: float = 60.0, cancel: Any = None,
+                  keep_checkpoint: bool = False) -> tuple[SketchState, dict]:
     """Sketch already-encoded sequences into a state. Returns ``(state, counters)`` where counters
     holds ``positions``, ``tokens``, ``nll_sum``, ``batches``, ``resumed_batches``, ``seconds``.
 
@@ -190,29 +190,41 @@ def compute_state(lm: Any, seqs: Sequence[EncodedSequence], sketcher: Sketcher, 
         return p
 
     report()
-    with HeadCapture(lm.model) as cap:
-        for bi in range(resumed, len(plan)):
-            if _is_cancelled(cancel):
-                if ckpt is not None:
+    last_save = time.perf_counter()
+    pending: dict | None = None  # counters of a batch being added to the state
+    try:
+        with HeadCapture(lm.model) as cap:
+            for bi in range(resumed, len(plan)):
+                if _is_cancelled(cancel):
+                    if ckpt is not None:
+                        _save_checkpoint(ckpt, state, key, c)
+                    p = report()
+                    raise ComputeCancelled(f"cancelled after {c['batches_done']} of {len(plan)} batches"
+                                           + (f"; resume with the same checkpoint {ckpt}" if ckpt else ""), ckpt, p)
+                chunk = forward_batch(lm, plan[bi], cap)
+                bstate = sketcher.new_state()  # one batch, added whole: the running state never holds part of one
+                nll_sum = 0.0
+                for h, e, ids, nll in chunk.iter_errors(max_error_bytes):  # (n, d), (n, K), (n,), (n,)
+                    bstate.update(h, e, sequence_ids=ids)
+                    nll_sum += float(nll.double().sum())
+                pending = {"batches_done": bi + 1, "positions": c["positions"] + chunk.n,
+                           "tokens": c["tokens"] + chunk.n_tokens, "nll_sum": c["nll_sum"] + nll_sum}
+                state.merge(bstate)
+                c, pending = pending, None
+                run_tokens += chunk.n_tokens
+                done = c["batches_done"]
+                if ckpt is not None and done < len(plan) and (
+                        done % int(checkpoint_every) == 0 or time.perf_counter() - last_save >= checkpoint_seconds):
                     _save_checkpoint(ckpt, state, key, c)
-                p = report()
-                raise ComputeCancelled(f"cancelled after {c['batches_done']} of {len(plan)} batches"
-                                       + (f"; resume with the same checkpoint {ckpt}" if ckpt else ""), ckpt, p)
-            chunk = forward_batch(lm, plan[bi], cap)
-            bstate = sketcher.new_state()  # one batch, added whole: the running state never holds a partial batch
-            nll_sum = 0.0
-            for h, e, ids, nll in chunk.iter_errors(max_error_bytes):  # (n, d), (n, K), (n,), (n,)
-                bstate.update(h, e, sequence_ids=ids)
-                nll_sum += float(nll.double().sum())
-            state.merge(bstate)
-            c["batches_done"] = bi + 1
-            c["positions"] += chunk.n
-            c["tokens"] += chunk.n_tokens
-            c["nll_sum"] += nll_sum
-            run_tokens += chunk.n_tokens
-            if ckpt is not None and c["batches_done"] % int(checkpoint_every) == 0 and c["batches_done"] < len(plan):
-                _save_checkpoint(ckpt, state, key, c)
-            report()
+                    last_save = time.perf_counter()
+                report()
+    except KeyboardInterrupt:
+        # Ctrl-C: keep every whole batch already added (the state says whether the last one was)
+        if pending is not None and state.n_positions == pending["positions"]:
+            c = pending
+        if ckpt is not None and state.n_positions == c["positions"]:
+            _save_checkpoint(ckpt, state, key, c)
+        raise
     if ckpt is not None and ckpt.exists() and not keep_checkpoint:
         ckpt.unlink()
     seconds = time.perf_counter() - t0
@@ -226,8 +238,8 @@ def compute_signature(model: Any, task: Any, sketcher: Sketcher | None = None, *
                       overlap: int = 0, max_logits_bytes: int = DEFAULT_MAX_LOGITS_BYTES,
                       max_error_bytes: int = DEFAULT_MAX_ERROR_BYTES,
                       progress: Callable[[Progress], Any] | None = None, checkpoint: str | os.PathLike | None = None,
-                      checkpoint_every: int = 20, cancel: Any = None, shard: tuple[int, int] | None = None,
-                      keep_checkpoint: bool = False) -> ComputeResult:
+                      checkpoint_every: int = 20, checkpoint_seconds: float = 60.0, cancel: Any = None,
+                      shard: tuple[int, int] | None = None, keep_checkpoint: bool = False) -> ComputeResult:
     """Compute a task's FisherSketch signature in one streaming pass.
 
     Parameters
@@ -248,8 +260,9 @@ def compute_signature(model: Any, task: Any, sketcher: Sketcher | None = None, *
     progress : callable(Progress), optional
         Called before the first batch and after every batch (tokens/s and ETA included).
     checkpoint : path, optional
-        Checkpoint file of the streaming state (written every ``checkpoint_every`` batches and on
-        cancel; removed on success unless ``keep_checkpoint``). If it exists the job resumes from it.
+        Checkpoint file of the streaming state (written every ``checkpoint_every`` batches or
+        ``checkpoint_seconds``, on cancel and on Ctrl-C; removed on success unless ``keep_checkpoint``).
+        If it exists the job resumes from it.
     cancel : threading.Event or callable, optional
         Checked between batches; when set, the state is checkpointed and :class:`ComputeCancelled` raised.
     shard : (rank, world), optional
@@ -284,8 +297,8 @@ def compute_signature(model: Any, task: Any, sketcher: Sketcher | None = None, *
         seqs = shard_sequences(seqs, *shard)
     state, c = compute_state(model, seqs, sk, max_length=max_length, batch_tokens=batch_tokens, overlap=overlap,
                              max_logits_bytes=max_logits_bytes, max_error_bytes=max_error_bytes, progress=progress,
-                             checkpoint=checkpoint, checkpoint_every=checkpoint_every, cancel=cancel,
-                             keep_checkpoint=keep_checkpoint)
+                             checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                             checkpoint_seconds=checkpoint_seconds, cancel=cancel, keep_checkpoint=keep_checkpoint)
     return finish(model, state, c, name=name, task_type=ttype, make_signature=shard is None)
 
 

@@ -59,3 +59,29 @@ def tiny_lm(kind: str = "llama", **kw):
 def random_sequences(n: int, lo: int, hi: int, seed: int = 0, vocab: int = VOCAB):
     rng = np.random.default_rng(seed)
     return [rng.integers(3, vocab, size=int(rng.integers(lo, hi + 1))).tolist() for _ in range(n)]
+
+
+def char_tokenizer_fast():
+    """A real (saveable) Hugging Face byte-level tokenizer without merges: 259 ids, BOS=1, pad=0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+HF_VOCAB = 259
+
+
+def tiny_hf_folder(path, kind: str = "llama", seed: int = 0):
+    """Save a tiny model and the byte tokenizer as a Hugging Face folder (what users pass with --model)."""
+    model = tiny_model(kind, vocab=HF_VOCAB, seed=seed)
+    model.save_pretrained(path)
+    char_tokenizer_fast().save_pretrained(path)
+    return path
