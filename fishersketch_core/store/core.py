@@ -187,6 +187,7 @@ class SignatureStore:
             self._claim_writer()
         try:
             self._con = self._connect(threads)
+            self._con.execute("SET enable_progress_bar = false")
             self._check_schema()
         except BaseException:
             self.close()

@@ -45,16 +45,48 @@ def _validate(store: Any, k: Any, by: Any, form: Any) -> None:
         raise ValueError(f"form must be 'U' (same-position pairs dropped, default) or 'V', got {form!r}")
 
 
-def _rho(fam: str, src: str = "v", cand: str = "c") -> str:
+def _ip(fam: str) -> str:
+    """Inner product of a stored vector with the target's; the target vector is a scalar subquery,
+    so DuckDB streams the vector column through the product without joining wide rows."""
     s = _FAM_SHORT[fam]
-    return (f"(CAST(array_inner_product({src}.{fam}, tgt.v{s}) AS DOUBLE) "
-            f"/ sqrt({cand}.n{s} * tgt.n{s}))")
+    return f"CAST(array_inner_product(v.{fam}, (SELECT v{s} FROM tgt)) AS DOUBLE)"
 
 
-def _score(by: str) -> str:
-    if by == "kronecker":
-        return f"({_rho('activation')} * {_rho('error')})"
-    return _rho(by)
+def _rho(fam: str) -> str:
+    s = _FAM_SHORT[fam]
+    return f"(ip.ip_{s} / sqrt(c.n{s} * tgt.n{s}))"
+
+
+def _top_sql(by: str, fform: str, tgt_sql: str, table: str, cand_where: str) -> str:
+    """Top-k ids and scores: one scan of the ranked family's FLOAT[m] column(s)."""
+    fams = ("activation", "error") if by == "kronecker" else (by,)
+    score = " * ".join(_rho(f) for f in fams)
+    ips = ", ".join(f"{_ip(f)} AS ip_{_FAM_SHORT[f]}" for f in fams)
+    norms = ", ".join(f"s.self_{fform}_{fam} AS n{s}" for fam, s in _FAM_SHORT.items())
+    return f"""
+        WITH tgt AS ({tgt_sql}),
+        cand AS (SELECT s.id, {norms} FROM tasks AS s, tgt WHERE {COMPAT_SQL}{cand_where}),
+        ip AS (SELECT v.task_id, {ips} FROM {table} AS v)
+        SELECT c.id, {score} AS score
+        FROM ip JOIN cand AS c ON ip.task_id = c.id, tgt
+        ORDER BY score DESC, c.id LIMIT $k"""
+
+
+def _detail(store: SignatureStore, ids: list[int], fform: str, tgt_sql: str, table: str,
+            params: dict[str, Any]) -> pd.DataFrame:
+    """ρ_F, ρ_h, ρ_e and metadata of the k chosen rows (their ids bound as parameters)."""
+    ids_params = {f"id{i}": v for i, v in enumerate(ids)}
+    in_list = ", ".join(f"$id{i}" for i in range(len(ids))) or "NULL"
+    norms = ", ".join(f"s.self_{fform}_{fam} AS n{s}" for fam, s in _FAM_SHORT.items())
+    ips = ", ".join(f"{_ip(f)} AS ip_{s}" for f, s in _FAM_SHORT.items())
+    sql = f"""
+        WITH tgt AS ({tgt_sql}),
+        ip AS (SELECT v.task_id, {ips} FROM {table} AS v WHERE v.task_id IN ({in_list})),
+        c AS (SELECT s.*, {norms} FROM tasks AS s WHERE s.id IN ({in_list}))
+        SELECT c.id, c.name, c.domain, c."group", {_rho('joint')} AS rho_F, {_rho('activation')} AS rho_h,
+               {_rho('error')} AS rho_e, c.n_positions, c.model_id, c.method, c.m, c.seed
+        FROM ip JOIN c ON c.id = ip.task_id, tgt"""
+    return store._fetch_df(sql, {**params, **ids_params})
 
 
 def _candidate_filter(candidates: Sequence[Any] | None) -> dict[str, Any]:
@@ -182,26 +214,18 @@ def rank_sources(store: SignatureStore, target: str | int | Signature, k: int = 
         stored = True
         exclude_sql = " AND s.id <> tgt.id" if exclude_target else ""
         filters = dict(group=group, domain=domain, task_type=task_type, model=model, **cand_filter)
-    where, fparams = filter_sql("s", prefix="f", **filters)
+    where, fparams = filter_sql("s", prefix="flt", **filters)
     params.update(fparams)
     table = vector_table(tm)
-    cand_cols = ", ".join(f"s.self_{fform}_{fam} AS n{s}" for fam, s in _FAM_SHORT.items())
-    sql = f"""
-        WITH tgt AS ({_target_sql(fform, stored, tm)}),
-        cand AS (SELECT s.id, {cand_cols} FROM tasks AS s, tgt
-                 WHERE {COMPAT_SQL}{exclude_sql}{where}),
-        top AS (SELECT c.id, {_score(by)} AS score
-                FROM {table} AS v JOIN cand AS c ON v.task_id = c.id, tgt
-                ORDER BY score DESC, c.id LIMIT $k)
-        SELECT top.id, s.name, s.domain, s."group", top.score,
-               {_rho('joint')} AS rho_F, {_rho('activation')} AS rho_h, {_rho('error')} AS rho_e,
-               s.n_positions, s.model_id, s.method, s.m, s.seed
-        FROM top JOIN cand AS c ON c.id = top.id JOIN tasks AS s ON s.id = top.id
-             JOIN (SELECT * FROM {table} WHERE task_id IN (SELECT id FROM top)) AS v ON v.task_id = top.id, tgt
-        ORDER BY top.score DESC, top.id"""
-    df = store._fetch_df(sql, params)
+    tgt_sql = _target_sql(fform, stored, tm)
+    top = store._fetch_df(_top_sql(by, fform, tgt_sql, table, exclude_sql + where), params)
+    ids = [int(i) for i in top["id"]]
+    df = _detail(store, ids, fform, tgt_sql, table, {k_: v for k_, v in params.items()
+                                                    if not k_.startswith("flt") and k_ != "k"})
+    df = df.set_index("id").loc[ids].reset_index()
+    df.insert(df.columns.get_loc("rho_F"), "score", top["score"].to_numpy())
     counts = store._fetch_df(f"""
-        WITH tgt AS ({_target_sql(fform, stored, tm)})
+        WITH tgt AS ({tgt_sql})
         SELECT count(*) FILTER (WHERE {COMPAT_SQL}) AS n_compat, count(*) FILTER (WHERE NOT ({COMPAT_SQL})) AS n_incompat
         FROM tasks AS s, tgt WHERE TRUE{exclude_sql}{where}""",
         {k_: v for k_, v in params.items() if k_ != "k"}).iloc[0]
