@@ -195,11 +195,15 @@ def errors_from_logits(logits: torch.Tensor, targets: torch.Tensor, inplace: boo
         z = logits.to(torch.float32, copy=True)                  # (n, K)
     idx = targets.to(z.device).long().unsqueeze(1)              # (n, 1)
     zy = z.gather(1, idx).squeeze(1)                            # (n,)
-    mx = z.amax(dim=1, keepdim=True)                            # (n, 1)
-    z.sub_(mx).exp_()
-    s = z.sum(dim=1, keepdim=True)                              # (n, 1)
-    z.div_(s)
-    nll = s.squeeze(1).log() + mx.squeeze(1) - zy               # (n,)
+    zmax = z.amax(dim=1)                                        # (n,)
+    torch.ops.aten._softmax.out(z, 1, False, out=z)             # fused softmax, in place: z is now p
+    py = z.gather(1, idx).squeeze(1)                            # (n,)
+    nll = -py.log()                                             # (n,)
+    tiny = py < 1e-30                                           # p_y underflowing: use lse = z_max − log p_max
+    if bool(tiny.any()):
+        rows = tiny.nonzero().squeeze(1)
+        pmax = z[rows].amax(dim=1)
+        nll[rows] = zmax[rows] - pmax.log() - zy[rows]
     z.scatter_add_(1, idx, torch.full_like(zy, -1.0).unsqueeze(1))
     return z, nll
 

@@ -97,6 +97,9 @@ def test_errors_match_reference_and_chunking():
     torch.testing.assert_close(nll.double(), torch.nn.functional.cross_entropy(z.double(), y, reduction="none"),
                                rtol=1e-5, atol=1e-5)
     assert torch.allclose(e.sum(1), torch.zeros(37), atol=1e-5)  # rows of softmax − onehot sum to 0
+    # a target whose probability underflows float32 still gets its exact NLL
+    e2, nll2 = errors_from_logits(torch.tensor([[0.0, -200.0, 100.0]]), torch.tensor([1]))
+    assert float(nll2) == pytest.approx(300.0) and float(e2[0, 1]) == -1.0
     # chunked (tiny error budget: 3 rows at a time) == unchunked
     from fishersketch_core.extract import ScoredChunk
     chunk = ScoredChunk(h=torch.randn(37, 4), logits=z.clone(), targets=y, sequence_ids=torch.zeros(37, dtype=torch.long),
