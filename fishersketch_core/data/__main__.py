@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         print(list_domains().to_string(max_colwidth=40))
     else:
         from .build import build
-        build(a.out or data_dir(), only=a.only, force=a.force, domains=a.domain, install=a.install)
+        df = build(a.out or data_dir(), only=a.only, force=a.force, domains=a.domain, install=a.install)
+        return 1 if df.attrs.get("failed") else 0
     return 0
 
 

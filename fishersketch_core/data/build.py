@@ -451,8 +451,8 @@ def build(out: Path, only: Sequence[str] = (), force: bool = False, domains: Seq
             try:
                 meta = build_domain(spec, out, counter)
                 bar.write(f"  {spec.domain}: {sum(meta['tokens'].values())} tokens")
-            except (InsufficientData, SourceMissing) as exc:
-                failed[spec.domain] = str(exc)
+            except Exception as exc:  # report and go on: the build is resumable per domain
+                failed[spec.domain] = f"{type(exc).__name__}: {exc}"
                 bar.write(f"  FAILED {spec.domain}: {exc}")
     seconds = time.time() - t0
     df = write_manifest(out)
@@ -462,6 +462,7 @@ def build(out: Path, only: Sequence[str] = (), force: bool = False, domains: Seq
     if failed:
         for d, msg in failed.items():
             print(f"  {d}: {msg}")
+    df.attrs["failed"] = failed
     return df
 
 

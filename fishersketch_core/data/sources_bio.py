@@ -24,10 +24,10 @@ from .build import DomainSpec, domain_rng, package_files, pypi_folder
 SMILES_FAMILIES = {
     "sulfonamide": "[SX4](=O)(=O)[NX3]",
     "urea": "[NX3][CX3](=O)[NX3]",
-    "carboxylic-acid": "[CX3](=O)[OX2H1]",
+    "aryl-halide": "c[Cl,Br,I]",
     "ester": "[#6][CX3](=O)[OX2H0][#6]",
     "nitrile": "[CX2]#[NX1]",
-    "nitro": "[N+](=O)[O-]",
+    "pyrazole": "c1ccnn1",
     "trifluoromethyl": "C(F)(F)F",
     "thiophene": "c1ccsc1",
     "furan": "c1ccoc1",
@@ -37,6 +37,7 @@ SMILES_FAMILIES = {
 }
 SMILES_PER_DOC = 8
 SMILES_PER_FAMILY = 1600  # about 3x what the splits need
+SMILES_SCAN_MAX = 400_000  # molecules visited at most (MOSES has 1.58 M; rare families stop the scan)
 MOSES_FILE = "dataset/data/train.csv.gz"
 
 
@@ -55,7 +56,8 @@ def smiles_families() -> dict[str, list[str]]:
         smiles = [s.strip() for s in fh.read().split("\n")[1:] if s.strip()]  # header "SMILES"
     patterns = {k: Chem.MolFromSmarts(v) for k, v in SMILES_FAMILIES.items()}
     fams: dict[str, list[str]] = {k: [] for k in patterns}
-    for i in domain_rng("smiles").permutation(len(smiles)):
+    # MOSES keeps no charged atoms and no acids (ZINC clean-leads filters): families need real hits.
+    for i in domain_rng("smiles").permutation(len(smiles))[:SMILES_SCAN_MAX]:
         mol = Chem.MolFromSmiles(smiles[i])
         if mol is None:
             continue
@@ -128,8 +130,9 @@ class BlastProteinDB:
         off += 4 + 8 + 4  # count, total residues (little-endian int64), max length
         self.hdr = np.frombuffer(pin, dtype=">i4", count=self.n + 1, offset=off)
         self.seq = np.frombuffer(pin, dtype=">i4", count=self.n + 1, offset=off + 4 * (self.n + 1))
-        self._psq = mmap.mmap(open(stem + ".psq", "rb").fileno(), 0, access=mmap.ACCESS_READ)
-        self._phr = mmap.mmap(open(stem + ".phr", "rb").fileno(), 0, access=mmap.ACCESS_READ)
+        with open(stem + ".psq", "rb") as psq, open(stem + ".phr", "rb") as phr:  # mmap keeps its own fd
+            self._psq = mmap.mmap(psq.fileno(), 0, access=mmap.ACCESS_READ)
+            self._phr = mmap.mmap(phr.fileno(), 0, access=mmap.ACCESS_READ)
         self._table = bytes(NCBISTDAA, "ascii").ljust(256, b"X")
 
     def sequence(self, i: int) -> str:
@@ -207,10 +210,28 @@ def embl_records() -> dict[str, list]:
     return {Path(f).stem: list(SeqIO.parse(f, "embl")) for f in files}
 
 
-def chunks(seq: str, size: int = DNA_CHUNK) -> list[str]:
+def bases(seq) -> str:
+    """Upper-case text of a Biopython sequence; empty for a CON record (which lists no bases)."""
+    from Bio.Seq import UndefinedSequenceError
+
+    try:
+        return str(seq).upper()
+    except UndefinedSequenceError:
+        return ""
+
+
+def chunks(seq, size: int = DNA_CHUNK) -> list[str]:
     """Non-overlapping chunks of ``seq`` (upper-case), the last one kept if at least half full."""
-    seq = str(seq).upper()
-    return [seq[i:i + size] for i in range(0, len(seq), size) if len(seq[i:i + size]) >= size // 2]
+    seq = bases(seq)
+    out = [seq[i:i + size] for i in range(0, len(seq), size)]
+    # drop short tails and chunks that are mostly gap (N) or ambiguity codes
+    return [c for c in out if len(c) >= size // 2 and sum(map(c.count, "ACGT")) >= 0.95 * len(c)]
+
+
+def local_features(rec, types: set[str]) -> list:
+    """Features of ``rec`` of the given types that lie wholly in ``rec`` (no remote ``join``)."""
+    return [f for f in rec.features if f.type in types
+            and not any(getattr(p, "ref", None) for p in f.location.parts)]
 
 
 def embl_docs(kind: str) -> list[str]:
@@ -218,16 +239,15 @@ def embl_docs(kind: str) -> list[str]:
     recs = embl_records()
     human = recs["hum1"]
     if kind == "human-coding":
-        return [c for r in human for f in r.features if f.type == "CDS"
-                for c in chunks(f.extract(r.seq))]
+        return [c for r in human for f in local_features(r, {"CDS"}) for c in chunks(f.extract(r.seq))]
     if kind == "human-repeat":
-        return [c for r in human for f in r.features if f.type == "repeat_region" and len(f) >= 100
+        return [c for r in human for f in local_features(r, {"repeat_region"}) if len(f) >= 100
                 for c in chunks(f.extract(r.seq))]
     if kind == "human-noncoding":
         # 600-base windows of the HLA class I region that touch no annotated gene part or repeat
         rec = next(r for r in human if r.id.startswith("BA000025"))
         mask = np.zeros(len(rec.seq), dtype=bool)
-        for f in rec.features:
+        for f in rec.features:  # remote parts of a join are harmless here: the mask only widens
             if f.type in {"CDS", "exon", "mRNA", "misc_RNA", "gene", "repeat_region"}:
                 mask[int(f.location.start):int(f.location.end)] = True
         seq = str(rec.seq).upper()
@@ -308,7 +328,9 @@ def background_model() -> np.ndarray:
     idx = {b: i for i, b in enumerate("ACGT")}
     for recs in embl_records().values():
         for r in recs:
-            codes = np.array([idx.get(b, -1) for b in str(r.seq).upper()])
+            codes = np.array([idx.get(b, -1) for b in bases(r.seq)], dtype=int)
+            if len(codes) < 4:
+                continue
             ok = (codes[:-3] >= 0) & (codes[1:-2] >= 0) & (codes[2:-1] >= 0) & (codes[3:] >= 0)
             ctx = codes[:-3] * 16 + codes[1:-2] * 4 + codes[2:-1]
             np.add.at(counts, (ctx[ok], codes[3:][ok]), 1)
