@@ -69,7 +69,7 @@ def _top_sql(by: str, fform: str, tgt_sql: str, table: str, cand_where: str) -> 
         ip AS (SELECT v.task_id, {ips} FROM {table} AS v)
         SELECT c.id, {score} AS score
         FROM ip JOIN cand AS c ON ip.task_id = c.id, tgt
-        ORDER BY score DESC, c.id LIMIT $k"""
+        ORDER BY score DESC, c.id LIMIT $topk"""
 
 
 def _detail(store: SignatureStore, ids: list[int], fform: str, tgt_sql: str, table: str,
@@ -122,6 +122,7 @@ def _stored_target(store: SignatureStore, target: Any, model: Any, method: Any, 
         raise
 
 
+# DuckDB named parameters are case-insensitive ($K is $k): every name below is distinct in lower case.
 def _target_sql(by_form: str, stored: bool, m: int) -> str:
     sel = ", ".join(f"t.self_{by_form}_{fam} AS n{s}" for fam, s in _FAM_SHORT.items())
     if stored:
@@ -132,7 +133,7 @@ def _target_sql(by_form: str, stored: bool, m: int) -> str:
     norms = ", ".join(f"CAST($n{s} AS DOUBLE) AS n{s}" for s in _FAM_SHORT.values())
     return (f"SELECT CAST(-1 AS BIGINT) AS id, CAST($tname AS VARCHAR) AS name, CAST($method AS VARCHAR) AS method, "
             f"CAST($m AS INTEGER) AS m, CAST($seed AS BIGINT) AS seed, CAST($d AS INTEGER) AS d, "
-            f"CAST($K AS INTEGER) AS K, CAST($model_hash AS VARCHAR) AS model_hash, {norms}, {vec}")
+            f"CAST($vocab AS INTEGER) AS K, CAST($model_hash AS VARCHAR) AS model_hash, {norms}, {vec}")
 
 
 COMPAT_SQL = ("s.method = tgt.method AND s.m = tgt.m AND s.seed = tgt.seed AND s.d = tgt.d AND s.K = tgt.K "
@@ -191,7 +192,7 @@ def rank_sources(store: SignatureStore, target: str | int | Signature, k: int = 
     _validate(store, k, by, form)
     fform = form.lower()
     cand_filter = _candidate_filter(candidates)
-    params: dict[str, Any] = {"k": int(k)}
+    params: dict[str, Any] = {"topk": int(k)}
     if isinstance(target, (Signature, TaskRecord)):
         rec = target if isinstance(target, TaskRecord) else TaskRecord(target)
         tname = validate_record(rec) if rec.task_name else _validate_unnamed(rec)
@@ -199,7 +200,7 @@ def rank_sources(store: SignatureStore, target: str | int | Signature, k: int = 
         _check_target_filters(meta, model, method, m, seed)
         tm = int(meta.m)
         sc = scalars(rec.signature)
-        params.update(tname=tname, method=meta.method, m=tm, seed=int(meta.seed), d=int(meta.d), K=int(meta.K),
+        params.update(tname=tname, method=meta.method, m=tm, seed=int(meta.seed), d=int(meta.d), vocab=int(meta.K),
                       model_hash=meta.model_hash)
         for fam, s in _FAM_SHORT.items():
             params[f"v{s}"] = getattr(rec.signature, fam).astype(np.float32).tolist()
@@ -221,14 +222,14 @@ def rank_sources(store: SignatureStore, target: str | int | Signature, k: int = 
     top = store._fetch_df(_top_sql(by, fform, tgt_sql, table, exclude_sql + where), params)
     ids = [int(i) for i in top["id"]]
     df = _detail(store, ids, fform, tgt_sql, table, {k_: v for k_, v in params.items()
-                                                    if not k_.startswith("flt") and k_ != "k"})
+                                                    if not k_.startswith("flt") and k_ != "topk"})
     df = df.set_index("id").loc[ids].reset_index()
     df.insert(df.columns.get_loc("rho_F"), "score", top["score"].to_numpy())
     counts = store._fetch_df(f"""
         WITH tgt AS ({tgt_sql})
         SELECT count(*) FILTER (WHERE {COMPAT_SQL}) AS n_compat, count(*) FILTER (WHERE NOT ({COMPAT_SQL})) AS n_incompat
         FROM tasks AS s, tgt WHERE TRUE{exclude_sql}{where}""",
-        {k_: v for k_, v in params.items() if k_ != "k"}).iloc[0]
+        {k_: v for k_, v in params.items() if k_ != "topk"}).iloc[0]
     n_compat, n_incompat = int(counts["n_compat"]), int(counts["n_incompat"])
     if n_compat == 0 and n_incompat > 0:
         groups = store.compat_groups(**{k_: v for k_, v in filters.items() if k_ != "ids"})
