@@ -137,21 +137,31 @@ def _default_checkpoint(args: argparse.Namespace) -> Path:
     if args.checkpoint:
         return Path(args.checkpoint)
     base = Path(args.out or args.store)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in args.name)[:80]
-    return base.with_name(f"{base.name}.{safe}.ckpt.npz")
+    return base.with_name(f"{base.name}.{_safe(args.name)}.ckpt.npz")
 
 
 def _write_store(path: str, sig: Any, args: argparse.Namespace, corpus_source: str) -> str:
+    """Add ``sig`` to the store; if that fails, keep it in a file beside the store and say how to import it."""
     try:
         from .store import SignatureStore
     except ImportError as exc:
         raise ValueError(f"--store needs fishersketch_core.store, which cannot be imported here ({exc}); "
                          "use --out FILE.npz and import the file later") from exc
-    with SignatureStore(path) as store:
-        report = store.add(sig, name=args.name, domain=args.domain, group=args.group,
-                           task_type=args.task_type, corpus_source=corpus_source, tags=args.tags,
-                           on_conflict=args.on_conflict)
+    try:
+        with SignatureStore(path) as store:
+            report = store.add(sig, name=args.name, domain=args.domain, group=args.group,
+                               task_type=args.task_type, corpus_source=corpus_source, tags=args.tags,
+                               on_conflict=args.on_conflict)
+    except Exception as exc:  # locked, conflicting, newer schema ...: the computed signature is kept
+        keep = Path(path).with_name(f"{Path(path).name}.{_safe(args.name)}.npz")
+        sig.save(keep)
+        raise ValueError(f"could not write to the store {path}: {exc}\nThe signature is saved in {keep}; add it "
+                         f"later with: python -m fishersketch_core import {keep} --store {path}") from exc
     return str(report)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80]
 
 
 def run_compute(args: argparse.Namespace) -> int:

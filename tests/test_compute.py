@@ -166,3 +166,35 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "--out FILE.npz" in capsys.readouterr().err
     assert main(["compute", "--data", str(tmp_path / "missing.txt"), "--name", "n", "--out", "a.npz"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_compute_into_store(tmp_path):
+    store_mod = pytest.importorskip("fishersketch_core.store")
+    from fishersketch_core.cli import main
+
+    folder = tiny_hf_folder(tmp_path / "tiny", "gpt2")
+    data = tmp_path / "pairs.csv"
+    data.write_text("question,answer\n" + "\n".join(f"What is {i} plus {i}?,{2 * i}" for i in range(12)))
+    store = tmp_path / "sigs.duckdb"
+    args = ["compute", "--model", str(folder), "--data", str(data), "--name", "arith", "--task-type", "prompt-target",
+            "--prompt-column", "question", "--target-column", "answer", "--m", "32", "--store", str(store),
+            "--group", "toy", "--no-progress"]
+    assert main(args) == 0
+    with store_mod.SignatureStore(store, read_only=True) as st:
+        sig = st.get("arith")
+    answers = sum(len(str(2 * i)) for i in range(12))
+    assert sig.n_positions == answers and sig.meta.m == 32      # only the answer tokens were scored
+
+
+def test_bfloat16_model_from_folder(tmp_path):
+    from fishersketch_core.models import load_model
+
+    folder = tiny_hf_folder(tmp_path / "tiny", "llama")
+    lm32 = load_model(folder, dtype="float32")
+    lm16 = load_model(folder, dtype="bfloat16")
+    assert lm16.dtype == torch.bfloat16 and lm16.model_hash != lm32.model_hash
+    task = CorpusTask("t", ["some text to score", "and some more"])
+    a = compute_signature(lm32, task, m=M).signature
+    b = compute_signature(lm16, task, m=M).signature
+    assert a.n_positions == b.n_positions
+    assert np.corrcoef(a.error, b.error)[0, 1] > 0.9              # bf16 close to fp32, not identical

@@ -179,3 +179,17 @@ def test_validation_messages():
     from fishersketch_core.models import load_model
     with pytest.raises(FileNotFoundError, match="neither 'smollm2'"):
         load_model("/no/such/model")
+
+
+def test_memory_bounded_at_vocabulary_scale():
+    """K = 262,144 (Gemma 3): each forward's logits and each error block stay within their budgets."""
+    lm = tiny_lm("llama", vocab=262_144)
+    seqs = TokenTask("big", random_sequences(3, 40, 60, seed=1, vocab=262_144)).encode()
+    budget, err_budget = 16 * 2**20, 4 * 2**20
+    n_total = 0
+    for chunk in iter_chunks(lm, seqs, max_logits_bytes=budget):
+        assert chunk.logits.numel() * 4 <= budget
+        for h, e, ids, nll in chunk.iter_errors(err_budget):
+            assert e.numel() * 4 <= err_budget and e.shape[1] == 262_144
+            n_total += e.shape[0]
+    assert n_total == sum(s.n_scored for s in seqs)
