@@ -105,7 +105,7 @@ def chosen_sources(scores: pd.DataFrame, pools: Mapping[str, Sequence[str]] | No
     -------
     DataFrame
         One row per target: ``target, chosen, score, n_candidates, target_group, chosen_group``.
-        ``chosen`` is None when a target has no scored candidate.
+        ``chosen`` is missing (NA) when a target has no scored candidate.
     """
     scores = _check_matrix(scores, "scores")
     sources = list(scores.index)
@@ -221,7 +221,7 @@ def accuracy_by_group(choices: pd.DataFrame, gains: pd.DataFrame, pools: Mapping
     per_target = []
     for row in choices.itertuples(index=False):
         t, c = row.target, row.chosen
-        if t not in gains.columns or c is None:
+        if t not in gains.columns or pd.isna(c):
             continue
         pool = [s for s in _pool(t, list(gains.index), pools) if np.isfinite(gains.at[s, t])]
         if c not in pool or not pool:
