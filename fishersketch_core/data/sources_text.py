@@ -135,28 +135,29 @@ def wordnet_specs() -> list[DomainSpec]:
 
 # ---------------------------------------------------------------- man pages
 
-#: language -> (package, folder under /usr/share/man, chunk size in characters, licence)
+#: language -> (package, folder under /usr/share/man, chunk size in characters, licence).
+#: Chunks of about 200-250 tokens: scripts with more tokens per character get fewer characters.
 MAN_LANGS = {
-    "en": ("manpages", "", 1400, "GPL-2+ / BSD / verbatim (Linux man-pages project, per page)"),
-    "de": ("manpages-de", "de", 1400, "GPL-3+ translations of pages under their own licences"),
-    "fr": ("manpages-fr", "fr", 1400, "GPL-3+ translations of pages under their own licences"),
-    "es": ("manpages-es", "es", 1400, "GPL-3+ translations of pages under their own licences"),
-    "pl": ("manpages-pl", "pl", 1200, "GPL-3+ translations of pages under their own licences"),
-    "ru": ("manpages-ru", "ru", 900, "GPL-3+ translations of pages under their own licences"),
-    "it": ("manpages-it", "it", 1400, "GPL-3+ translations of pages under their own licences"),
-    "ja": ("manpages-ja", "ja", 500, "GPL-2+ / BSD / verbatim (JM project translations, per page)"),
-    "zh_CN": ("manpages-zh", "zh_CN", 500, "GFDL-1.2+ (Chinese man-pages project)"),
-    "nl": ("manpages-nl", "nl", 1400, "GPL-3+ translations of pages under their own licences"),
-    "sv": ("manpages-sv", "sv", 1400, "GPL-3+ translations of pages under their own licences"),
-    "cs": ("manpages-cs", "cs", 1200, "GPL-3+ translations of pages under their own licences"),
-    "uk": ("manpages-uk", "uk", 900, "GPL-3+ translations of pages under their own licences"),
-    "tr": ("manpages-tr", "tr", 1200, "GPL-2+ (Turkish translations)"),
-    "pt_BR": ("manpages-pt-br", "pt_BR", 1400, "GPL-3+ translations of pages under their own licences"),
-    "ro": ("manpages-ro", "ro", 1400, "GPL-3+ translations of pages under their own licences"),
-    "da": ("manpages-da", "da", 1400, "GPL-3+ translations of pages under their own licences"),
-    "fi": ("manpages-fi", "fi", 1400, "GPL-3+ translations of pages under their own licences"),
-    "hu": ("manpages-hu", "hu", 1200, "GPL-3+ translations of pages under their own licences"),
-    "id": ("manpages-id", "id", 1400, "GPL-3+ translations of pages under their own licences"),
+    "en": ("manpages", "", 700, "GPL-2+ / BSD / verbatim (Linux man-pages project, per page)"),
+    "de": ("manpages-de", "de", 700, "GPL-3+ translations of pages under their own licences"),
+    "fr": ("manpages-fr", "fr", 700, "GPL-3+ translations of pages under their own licences"),
+    "es": ("manpages-es", "es", 700, "GPL-3+ translations of pages under their own licences"),
+    "pl": ("manpages-pl", "pl", 600, "GPL-3+ translations of pages under their own licences"),
+    "ru": ("manpages-ru", "ru", 450, "GPL-3+ translations of pages under their own licences"),
+    "it": ("manpages-it", "it", 700, "GPL-3+ translations of pages under their own licences"),
+    "ja": ("manpages-ja", "ja", 250, "GPL-2+ / BSD / verbatim (JM project translations, per page)"),
+    "zh_CN": ("manpages-zh", "zh_CN", 250, "GFDL-1.2+ (Chinese man-pages project)"),
+    "nl": ("manpages-nl", "nl", 700, "GPL-3+ translations of pages under their own licences"),
+    "sv": ("manpages-sv", "sv", 700, "GPL-3+ translations of pages under their own licences"),
+    "cs": ("manpages-cs", "cs", 600, "GPL-3+ translations of pages under their own licences"),
+    "uk": ("manpages-uk", "uk", 450, "GPL-3+ translations of pages under their own licences"),
+    "tr": ("manpages-tr", "tr", 600, "GPL-2+ (Turkish translations)"),
+    "pt_BR": ("manpages-pt-br", "pt_BR", 700, "GPL-3+ translations of pages under their own licences"),
+    "ro": ("manpages-ro", "ro", 700, "GPL-3+ translations of pages under their own licences"),
+    "da": ("manpages-da", "da", 700, "GPL-3+ translations of pages under their own licences"),
+    "fi": ("manpages-fi", "fi", 700, "GPL-3+ translations of pages under their own licences"),
+    "hu": ("manpages-hu", "hu", 600, "GPL-3+ translations of pages under their own licences"),
+    "id": ("manpages-id", "id", 700, "GPL-3+ translations of pages under their own licences"),
 }
 
 
@@ -170,7 +171,7 @@ def render_man(path: str) -> list[str]:
     if src.lstrip().startswith(b".so "):  # a link to another page: no text of its own
         return []
     out = subprocess.run(
-        [_which("groff"), "-k", "-Kutf8", "-man", "-Tutf8", "-rcR=1", "-rLL=200n",
+        [_which("groff"), "-k", "-Kutf8", "-t", "-man", "-Tutf8", "-rcR=1", "-rLL=200n",
          "-P-c", "-P-b", "-P-o", "-P-u"],
         input=src, capture_output=True, timeout=60).stdout.decode("utf-8", errors="replace")
     lines = out.strip("\n").split("\n")[1:-1]  # running header and footer
@@ -178,17 +179,29 @@ def render_man(path: str) -> list[str]:
     return [p for p in paras if len(p) > 1]
 
 
+#: Character-set tables (iso_8859-*, koi8-*, ...): long code-point listings, not prose.
+MAN_SKIP = re.compile(r"/man7/(iso[-_]?8859|koi8|cp125|armscii|ascii|charsets|latin\d|utf-?8)", re.I)
+
+
 def man_docs(lang: str) -> list[str]:
-    """Chunks of rendered man pages of one language, from a seeded sample of its pages."""
+    """Chunks of rendered man pages of one language, from a seeded sample of its pages.
+
+    Paragraphs already taken from an earlier page (translation credits, licence notes repeated
+    on every page of a translation project) are dropped before chunking.
+    """
     package, folder, max_chars, _ = MAN_LANGS[lang]
     prefix = f"/usr/share/man/{folder + '/' if folder else ''}man"
-    files = [f for f in package_files(package) if f.startswith(prefix) and f.endswith(".gz")]
+    files = [f for f in package_files(package)
+             if f.startswith(prefix) and f.endswith(".gz") and not MAN_SKIP.search(f)]
+    seen: set[str] = set()
 
     def read(f: str) -> list[str]:
-        return chunk_blocks(render_man(f), max_chars, sep="\n")
+        paras = [p for p in render_man(f) if p not in seen]
+        seen.update(paras)
+        return chunk_blocks(paras, max_chars, sep="\n")
 
     # CJK and Cyrillic text has more tokens per character: gather fewer characters.
-    budget = CHAR_BUDGET * max_chars // 1400
+    budget = CHAR_BUDGET * max_chars // 700
     return sample_files(f"man-{lang}", files, read, budget=budget)
 
 
@@ -227,7 +240,7 @@ CODE_LANGS = {
     "ocaml": ("ocaml-source", r"\.tar$", "LGPL-2.1 with OCaml linking exception"),
     "pascal": ("fpc-source-3.2.2", r"\.(pp|pas)$", "LGPL-2+ with static linking exception (FPC RTL)"),
 }
-CODE_CHUNK_CHARS = 1400
+CODE_CHUNK_CHARS = 900  # about 250 tokens of code
 
 
 def code_chunks(text: str) -> list[str]:
@@ -245,13 +258,15 @@ def read_code(path: str) -> list[str]:
 
 @lru_cache(maxsize=1)
 def ocaml_sources() -> dict[str, str]:
-    """The ``.ml`` files inside the OCaml source tarball, by member name."""
+    """The ``.ml`` files of the upstream tarball nested in the package's tarball, by member name."""
     tar_path = next(f for f in package_files("ocaml-source") if f.endswith(".tar"))
     out = {}
-    with tarfile.open(tar_path) as tar:
-        for m in tar:
-            if m.isfile() and m.name.endswith(".ml") and "/testsuite/" not in m.name:
-                out[m.name] = tar.extractfile(m).read().decode("utf-8", errors="replace")
+    with tarfile.open(tar_path) as outer:
+        orig = next(m for m in outer if m.name.endswith(".orig.tar.gz"))
+        with tarfile.open(fileobj=outer.extractfile(orig), mode="r:gz") as tar:
+            for m in tar:
+                if m.isfile() and m.name.endswith(".ml") and "/testsuite/" not in m.name:
+                    out[m.name] = tar.extractfile(m).read().decode("utf-8", errors="replace")
     return dict(sorted(out.items()))
 
 
@@ -271,7 +286,7 @@ def code_specs() -> list[DomainSpec]:
         domain=f"code-{lang}", group="code",
         description=f"{lang} source code, blank-line-block chunks of about {CODE_CHUNK_CHARS} characters",
         source_package=pkg, source_kind="debian", licence=lic,
-        path_in_package=("/usr/src/ocaml-source-*.tar: *.ml" if lang == "ocaml" else f"files matching {pat}"),
+        path_in_package=("/usr/src/ocaml-source-*.tar: ocaml_*.orig.tar.gz: *.ml" if lang == "ocaml" else f"files matching {pat}"),
         docs=(lambda l=lang: code_docs(l)),
     ) for lang, (pkg, pat, lic) in CODE_LANGS.items()]
 
