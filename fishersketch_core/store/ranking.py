@@ -46,10 +46,15 @@ def _validate(store: Any, k: Any, by: Any, form: Any) -> None:
 
 
 def _ip(fam: str) -> str:
-    """Inner product of a stored vector with the target's; the target vector is a scalar subquery,
-    so DuckDB streams the vector column through the product without joining wide rows."""
+    """Inner product of a stored vector with the target's.
+
+    The target vector is a scalar subquery, so DuckDB streams the vector column through the product
+    without joining wide rows. ``list_inner_product`` on the ``FLOAT[m]`` column viewed as a list
+    computes the same float32 sum as ``array_inner_product`` with about 15 % less CPU in DuckDB 2.0.1
+    (measured: 65 vs 77 ms CPU for 10,000 × 4096).
+    """
     s = _FAM_SHORT[fam]
-    return f"CAST(array_inner_product(v.{fam}, (SELECT v{s} FROM tgt)) AS DOUBLE)"
+    return f"CAST(list_inner_product(CAST(v.{fam} AS FLOAT[]), (SELECT v{s} FROM tgt)) AS DOUBLE)"
 
 
 def _rho(fam: str) -> str:
@@ -82,7 +87,8 @@ def _detail(store: SignatureStore, ids: list[int], fform: str, tgt_sql: str, tab
     sql = f"""
         WITH tgt AS ({tgt_sql}),
         ip AS (SELECT v.task_id, {ips} FROM {table} AS v WHERE v.task_id IN ({in_list})),
-        c AS (SELECT s.*, {norms} FROM tasks AS s WHERE s.id IN ({in_list}))
+        c AS (SELECT s.id, s.name, s.domain, s."group", s.n_positions, s.model_id, s.method, s.m, s.seed,
+                     {norms} FROM tasks AS s WHERE s.id IN ({in_list}))
         SELECT c.id, c.name, c.domain, c."group", {_rho('joint')} AS rho_F, {_rho('activation')} AS rho_h,
                {_rho('error')} AS rho_e, c.n_positions, c.model_id, c.method, c.m, c.seed
         FROM ip JOIN c ON c.id = ip.task_id, tgt"""
@@ -126,10 +132,10 @@ def _stored_target(store: SignatureStore, target: Any, model: Any, method: Any, 
 def _target_sql(by_form: str, stored: bool, m: int) -> str:
     sel = ", ".join(f"t.self_{by_form}_{fam} AS n{s}" for fam, s in _FAM_SHORT.items())
     if stored:
-        vec = ", ".join(f"v.{fam} AS v{s}" for fam, s in _FAM_SHORT.items())
+        vec = ", ".join(f"CAST(v.{fam} AS FLOAT[]) AS v{s}" for fam, s in _FAM_SHORT.items())
         return (f"SELECT t.id, t.name, t.method, t.m, t.seed, t.d, t.K, t.model_hash, {sel}, {vec} "
                 f"FROM tasks AS t JOIN {vector_table(m)} AS v ON v.task_id = t.id WHERE t.id = $tid")
-    vec = ", ".join(f"CAST($v{s} AS FLOAT[{m}]) AS v{s}" for s in _FAM_SHORT.values())
+    vec = ", ".join(f"CAST(CAST($v{s} AS FLOAT[{m}]) AS FLOAT[]) AS v{s}" for s in _FAM_SHORT.values())
     norms = ", ".join(f"CAST($n{s} AS DOUBLE) AS n{s}" for s in _FAM_SHORT.values())
     return (f"SELECT CAST(-1 AS BIGINT) AS id, CAST($tname AS VARCHAR) AS name, CAST($method AS VARCHAR) AS method, "
             f"CAST($m AS INTEGER) AS m, CAST($seed AS BIGINT) AS seed, CAST($d AS INTEGER) AS d, "
