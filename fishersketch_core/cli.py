@@ -211,8 +211,8 @@ def run_compute(args: argparse.Namespace) -> int:
                 bar.total = p.tokens_total
                 bar.n = p.tokens_done
                 bar.last_print_n = p.tokens_done
-            bar.update(p.tokens_done - bar.n)
             bar.set_postfix(positions=p.positions_done, refresh=False)
+            bar.update(p.tokens_done - bar.n)
 
     try:
         res = compute_signature_distributed(lm, task, m=args.m, seed=args.seed, method=args.method,

@@ -22,6 +22,7 @@ Example
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -30,7 +31,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -126,6 +127,20 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No per-tensor 'Loading weights' bars from transformers during our loads (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 # ----------------------------------------------------------------------------------------------
 # hashing
 def weights_hash(model: torch.nn.Module) -> str:
@@ -192,7 +207,8 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
-    src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    with _quiet_transformers():
+        src = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     clean = AutoModelForCausalLM.from_config(src.config, dtype=torch.float32)
     missing, unexpected = clean.load_state_dict(src.state_dict(), strict=False)
@@ -276,7 +292,8 @@ def load_model(source: str | os.PathLike | None = DEFAULT_MODEL, *, device: str 
                 raise ValueError(f"{path} has no config.json; it is not a Hugging Face model folder")
             model_id = path.name
             folder = path
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
     model.eval()
     head = model.get_output_embeddings()
     if head is None or not hasattr(head, "weight"):
