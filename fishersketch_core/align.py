@@ -18,7 +18,7 @@ import numpy as np
 from .signature import COMPAT_KEYS, Signature, check_compatible
 
 FORMS = ("U", "V")
-JACKKNIFE_GROUPS = 64
+JACKKNIFE_GROUPS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +99,12 @@ class KroneckerDelta:
         return f"δ={self.value:.4f} ± {self.se:.4f} ({self.form})"
 
 
-def _coupling(rho_f: float, rho_h: float, rho_e: float) -> float:
-    denom = rho_h * rho_e
-    return rho_f / denom if denom != 0 and np.isfinite(denom) else float("nan")
+def _coupling(rho_f, rho_h, rho_e):
+    """κ = ρ_F / (ρ_h ρ_e); NaN where the denominator is 0 (floats or arrays)."""
+    denom = np.asarray(rho_h * rho_e, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.asarray(rho_f, dtype=np.float64) / np.where(denom != 0, denom, np.nan)
+    return float(out) if out.ndim == 0 else out
 
 
 def _jackknife_ratio(parts: Sequence[np.ndarray], stat: Callable[..., float],
@@ -112,14 +115,15 @@ def _jackknife_ratio(parts: Sequence[np.ndarray], stat: Callable[..., float],
     coordinates out rescales every sum by the same factor, which cancels in the ratios used here.
     """
     m = parts[0].shape[0]
-    totals = [float(p.sum()) for p in parts]
-    value = stat(*totals)
-    g = min(groups, m)
-    if g < 3:
-        return value, float("nan")
-    labels = np.arange(m) % g
-    group_sums = [np.bincount(labels, weights=p, minlength=g) for p in parts]  # each (g,)
-    loo = np.array([stat(*[t - gs[k] for t, gs in zip(totals, group_sums)]) for k in range(g)])
+    totals = np.array([float(p.sum()) for p in parts])  # (P,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = float(stat(*totals))
+        g = min(groups, m)
+        if g < 3:
+            return value, float("nan")
+        labels = np.arange(m) % g
+        group_sums = np.stack([np.bincount(labels, weights=p, minlength=g) for p in parts])  # (P, g)
+        loo = np.asarray(stat(*(totals[:, None] - group_sums)), dtype=np.float64)  # (g,) leave-one-out
     loo = loo[np.isfinite(loo)]
     if len(loo) < 3:
         return value, float("nan")
@@ -193,8 +197,8 @@ def alignment(sig_s: Signature, sig_t: Signature, form: str = "U",
         parts += [_full(hs, sig_s.counts) * _full(ht, sig_t.counts),
                   _self_parts(hs, sig_s.counts, form), _self_parts(ht, sig_t.counts, form)]
 
-    def rho(cross: float, ss: float, tt: float) -> float:
-        return cross / math.sqrt(ss * tt) if ss > 0 and tt > 0 else float("nan")
+    def rho(cross, ss, tt):  # works on floats and on arrays of leave-one-out sums
+        return cross / np.sqrt(np.where((ss > 0) & (tt > 0), ss * tt, np.nan))
 
     def coupling(*s: float) -> float:
         return _coupling(rho(*s[0:3]), rho(*s[3:6]), rho(*s[6:9]))
@@ -242,8 +246,8 @@ def kronecker_delta(sig: Signature, form: str = "U") -> KroneckerDelta:
         ag = sqrt_m * af * gf
         norm_f, cross, norm_ag = ff * ff, ff * ag, ag * ag
 
-    def delta_sq(nf: float, cr: float, nag: float) -> float:
-        return (nf - 2 * cr + nag) / nf if nf > 0 else float("nan")
+    def delta_sq(nf, cr, nag):
+        return (nf - 2 * cr + nag) / np.where(nf > 0, nf, np.nan)
 
     value, se = _jackknife_ratio([norm_f, cross, norm_ag], delta_sq)
     return KroneckerDelta.from_squared(value, se, form=form, n_positions=sig.n_positions)

@@ -126,11 +126,23 @@ class KroneckerHadamardProjector(Projector):
             self.groups.append((torch.stack(signs[i:j]), torch.stack(lefts[i:j])))
             i = j
         self.cols = torch.cat(cols)  # (m,) positions in the concatenated block outputs
+        # For a narrow input (the activation side, d ≈ 600) one plain matmul with the same rows
+        # beats many tiny batched ones; the vocabulary side (m·K ≈ 2·10⁸) never takes this path.
+        self._matrix: torch.Tensor | None = None
+        if self.N * self.m <= self.MATRIX_LIMIT:
+            self._matrix = self._project_structured(torch.eye(self.N))  # (N, m): row j of W is b_j
+
+    MATRIX_LIMIT = 1 << 23  # entries (32 MiB float32)
 
     ROWS_PER_PASS = 128  # positions per pass: the signed copy of x stays in cache and is reused
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)
+        if self._matrix is not None:
+            return x @ self._matrix.to(x.device)
+        return self._project_structured(x)
+
+    def _project_structured(self, x: torch.Tensor) -> torch.Tensor:
         n, dev = x.shape[0], x.device
         out = torch.empty(n, self.m, dtype=torch.float32, device=dev)  # (n, m)
         H_Q, cols = self.H_Q.to(dev), self.cols.to(dev)
