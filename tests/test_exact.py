@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fishersketch_core import exact
-from synthetic import make_task
+from fishersketch_core.synthetic import make_task
 
 
 def brute_moments(h: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

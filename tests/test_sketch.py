@@ -16,7 +16,7 @@ import torch
 
 from fishersketch_core import (IncompatibleSignatures, Signature, Sketcher, SketchState, alignment,
                                exact, kronecker_delta, route_halves)
-from synthetic import make_task
+from fishersketch_core.synthetic import make_task
 
 N = 1000
 SEEDS = range(10)

@@ -1,4 +1,4 @@
-"""Synthetic tasks with known structure, built in code (no files).
+"""Synthetic tasks with known structure, for tests, benchmarks and demos (built in code, no files).
 
 Head inputs h come from a few clusters; errors e = softmax(z) − onehot(y) put their mass on a
 cluster-specific set of tokens. When ``coupled`` the token set follows h's cluster (F ≠ A⊗G,
