@@ -4,11 +4,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
-import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -130,7 +128,6 @@ def _write_v1_store(path: Path, sigs: list[Signature]) -> None:
     v1_tasks = tasks.drop_columns(["tags", "delta_u", "delta_u_se"])  # noqa: F841 (read by DuckDB)
     con.execute("INSERT INTO tasks SELECT * FROM v1_tasks")
     con.execute(f"INSERT INTO {table} SELECT * FROM vectors")
-    con.execute("SELECT setval('task_id_seq', ?)", [len(sigs)]) if False else None
     for _ in sigs:
         con.execute("SELECT nextval('task_id_seq')")
     con.close()
@@ -415,7 +412,7 @@ def test_parquet_round_trip(filled, tmp_path):
 
 def test_npz_round_trip_and_merge_report(filled, tmp_path, rng):
     with SignatureStore(filled, read_only=True) as store:
-        export_npz(store, EVIL if False else "t04", tmp_path / "one.npz")
+        export_npz(store, "t04", tmp_path / "one.npz")
         msg = export_file(store, tmp_path / "dir", group="g1")
         assert "10 task file(s)" in msg
         original = store.get("t04")

@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -45,7 +44,6 @@ COMPAT_COLUMNS = ("model_id", "model_hash", "method", "m", "seed", "d", "K")
 _WRITERS: dict[str, int] = {}          # resolved path -> id(store) of the open writer in this process
 _WRITERS_LOCK = threading.Lock()
 
-TaskRef = "str | int"
 
 
 @dataclasses.dataclass

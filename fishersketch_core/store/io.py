@@ -22,7 +22,7 @@ from ..signature import Signature
 from .core import SignatureStore, WriteReport
 from .errors import InvalidSignatureError, StoreError
 from .records import (TEXT_FIELDS, TaskRecord, list_matrix, normalise_tags, signatures_from_rows)
-from .schema import CURRENT_VERSION, FAMILIES, HALF_COLUMNS, vector_table, vector_tables
+from .schema import CURRENT_VERSION, FAMILIES, HALF_COLUMNS, vector_table
 
 PARQUET_FORMAT = "fishersketch-store-parquet"
 PARQUET_VERSION = 1

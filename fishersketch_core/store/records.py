@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -246,10 +245,6 @@ def same_vectors(a: Signature, b: Signature) -> bool:
             and all(np.array_equal(getattr(a, f + "_half"), getattr(b, f + "_half")) for f in FAMILIES))
 
 
-def finite_or_none(x: float) -> float | None:
-    return x if isinstance(x, float) and math.isfinite(x) else None
-
-
 def normalise_tags(tags: Any) -> Any:
     """Tags as stored (JSON text) → Python object."""
     if tags is None or tags == "":
@@ -261,9 +256,3 @@ def iter_records(items: Iterable[TaskRecord | Signature] | TaskRecord | Signatur
     if isinstance(items, (TaskRecord, Signature)):
         items = [items]
     return [as_record(it) for it in items]
-
-
-def record_from_mapping(sig: Signature, meta: Mapping[str, Any], name: str | None = None) -> TaskRecord:
-    """TaskRecord from a signature plus store metadata (as written by export)."""
-    fields = {f: meta.get(f) or "" for f in TEXT_FIELDS}
-    return TaskRecord(signature=sig, name=name, tags=normalise_tags(meta.get("tags")), **fields)
