@@ -101,6 +101,39 @@ def sketched(lm, sk, state, batch: Batch, cap, parts: dict) -> None:
     parts["sketch"].append(t2 - t1 - t_err)
 
 
+def measure(lm, sk, batches, tokens: int, repeats: int) -> dict:
+    """Interleave plain forward and forward+sketch batch by batch; medians and peak RSS of each."""
+    parts = {"forward": [], "errors": [], "sketch": []}
+    t_plain, t_sketch = [], []
+    state = sk.new_state()
+    with HeadCapture(lm.model) as cap:
+        cap.select = False                                   # plain forwards bypass the selecting hook
+        plain_forward(lm, batches[0])                        # warm-up: first-call allocations, thread pools
+        cap.select = True
+        sketched(lm, sk, sk.new_state(), batches[0], cap, {k: [] for k in parts})
+        _reset_peak()
+        cap.select = False
+        plain_forward(lm, batches[0])
+        cap.select = True
+        peak_plain = _status("VmHWM")
+        _reset_peak()
+        sketched(lm, sk, sk.new_state(), batches[0], cap, {k: [] for k in parts})
+        peak_sketch = _status("VmHWM")
+        for _ in range(repeats):
+            for b in batches:
+                a = time.perf_counter()
+                cap.select = False
+                plain_forward(lm, b)
+                cap.select = True
+                t_plain.append(time.perf_counter() - a)
+                a = time.perf_counter()
+                sketched(lm, sk, state, b, cap, parts)
+                t_sketch.append(time.perf_counter() - a)
+    return {"plain": statistics.median(t_plain), "sketch": statistics.median(t_sketch),
+            "parts": {k: statistics.median(v) for k, v in parts.items()},
+            "peak_plain": peak_plain, "peak_sketch": peak_sketch}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=4)
@@ -109,64 +142,67 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="passes over the batches")
     ap.add_argument("--m", type=int, default=4096)
     ap.add_argument("--method", default="fast", choices=["fast", "dense"])
+    ap.add_argument("--threads", default="", help="comma-separated torch thread counts to measure, e.g. 1,2 "
+                                                  "(default: torch's choice)")
+    ap.add_argument("--conversion", action="store_true",
+                    help="also time the one-off GGUF -> safetensors conversion (into a temporary cache)")
     ap.add_argument("--write-docs", action="store_true", help=f"replace the '{HEADING}' section of docs/BENCHMARKS.md")
     args = ap.parse_args()
+    threads = [int(t) for t in args.threads.split(",") if t.strip()] or [torch.get_num_threads()]
 
+    conv_s = None
+    if args.conversion:
+        import subprocess
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:  # in a child process, so its memory does not count here
+            code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from fishersketch_core.models import load_model; "
+                    "t = time.perf_counter(); load_model('smollm2', device='cpu', cache=sys.argv[2]); "
+                    "print(time.perf_counter() - t)")
+            out = subprocess.run([sys.executable, "-c", code, str(ROOT), tmp], capture_output=True, text=True,
+                                 check=True)
+            conv_s = float(out.stdout.strip().splitlines()[-1])
     t = time.perf_counter()
     lm = load_model("smollm2", device="cpu")
     load_s = time.perf_counter() - t
     rss_model = _status("VmRSS")
     sk = Sketcher(lm.d, lm.K, m=args.m, seed=0, method=args.method)
-    state = sk.new_state()
     batches = make_batches(lm.tokenizer, args.batches, args.batch, args.seq)
     tokens = args.batch * args.seq
-    parts = {"forward": [], "errors": [], "sketch": []}
-    t_plain, t_sketch = [], []
-    with HeadCapture(lm.model) as cap:
-        # warm-up (first-call allocations, thread pools), then peak memory of each mode
-        plain_forward(lm, batches[0])
-        sketched(lm, sk, sk.new_state(), batches[0], cap, {k: [] for k in parts})
-        _reset_peak()
-        plain_forward(lm, batches[0])
-        peak_plain = _status("VmHWM")
-        _reset_peak()
-        sketched(lm, sk, sk.new_state(), batches[0], cap, {k: [] for k in parts})
-        peak_sketch = _status("VmHWM")
-        for _ in range(args.repeats):
-            for b in batches:
-                cap_h = cap.head
-                a = time.perf_counter()
-                cap.select = False          # the plain forward must not go through the selecting hook
-                plain_forward(lm, b)
-                cap.select = True
-                t_plain.append(time.perf_counter() - a)
-                a = time.perf_counter()
-                sketched(lm, sk, state, b, cap, parts)
-                t_sketch.append(time.perf_counter() - a)
-                del cap_h
-    med_plain, med_sketch = statistics.median(t_plain), statistics.median(t_sketch)
-    overhead = 100 * (med_sketch / med_plain - 1)
-    med = {k: statistics.median(v) for k, v in parts.items()}
+    rows, notes = [], []
+    for nt in threads:
+        torch.set_num_threads(nt)
+        r = measure(lm, sk, batches, tokens, args.repeats)
+        over = 100 * (r["sketch"] / r["plain"] - 1)
+        p = r["parts"]
+        over_parts = 100 * (p["errors"] + p["sketch"]) / p["forward"]
+        rows.append(f"| {nt} | forward only (plain HF forward, full logits) | {r['plain']:.3f} | "
+                    f"{tokens / r['plain']:,.0f} | | | {r['peak_plain']:,.0f} |")
+        rows.append(f"| {nt} | forward + sketch (hooked forward, e, sketch update) | {r['sketch']:.3f} | "
+                    f"{tokens / r['sketch']:,.0f} | {over:+.1f} % | **{over_parts:+.1f} %** | {r['peak_sketch']:,.0f} |")
+        notes.append(f"{nt} thread(s): hooked forward {p['forward']:.3f} s, errors e = softmax − onehot (float32, "
+                     f"in place) {p['errors']:.3f} s, sketch update {p['sketch']:.3f} s per batch")
     cmd = "python benchmarks/bench_extract.py " + " ".join(sys.argv[1:])
+    load_line = (f"Model load: first load with GGUF de-quantisation and conversion to safetensors {conv_s:.1f} s "
+                 f"(once per machine); " if conv_s is not None else "Model load: ")
     lines = [
         HEADING, "",
-        f"SmolLM2-135M-Instruct (d = {lm.d}, K = {lm.K:,}), float32 on CPU, {torch.get_num_threads()} torch threads "
-        f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores); batches of {args.batch} × {args.seq} "
-        f"tokens, {args.batches} batches × {args.repeats} repeats, forward-only and forward+sketch interleaved batch "
-        f"by batch; medians. Sketch: method = {args.method}, m = {args.m}. Model load (cached safetensors, hash "
-        f"cached): {load_s:.1f} s.", "",
-        "| mode | s / batch | tokens/s | peak RSS (MiB) |",
-        "|---|---:|---:|---:|",
-        f"| forward only (plain HF forward, full logits) | {med_plain:.3f} | {tokens / med_plain:,.0f} | {peak_plain:,.0f} |",
-        f"| forward + sketch (hooked forward, e, sketch update) | {med_sketch:.3f} | {tokens / med_sketch:,.0f} | "
-        f"{peak_sketch:,.0f} |",
-        f"| **overhead of sketching** | {med_sketch - med_plain:+.3f} | | **{overhead:+.1f} %** |",
+        f"SmolLM2-135M-Instruct (d = {lm.d}, K = {lm.K:,}), float32 on CPU ({platform.machine()}, "
+        f"{os.cpu_count()} cores, shared with other jobs while measured); batches of {args.batch} × {args.seq} "
+        f"tokens, {args.batches} batches × {args.repeats} repeats, forward-only and forward+sketch interleaved "
+        f"batch by batch, medians. Sketch: method = {args.method}, m = {args.m}, float64 state.", "",
+        "| torch threads | mode | s / batch | tokens/s | overhead, end to end | overhead, (e + sketch) / forward "
+        "| peak RSS (MiB) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+        *rows, "",
+        "End to end compares the medians of the two modes; on a machine shared with other jobs the spread of the "
+        "forward pass alone (±10 % and more) can exceed the sketch's cost, so the last overhead column, the time "
+        "of the two added steps over the time of the hooked forward in the same batches, is the steadier figure.",
         "",
-        f"Parts of forward + sketch (median s / batch): hooked forward {med['forward']:.3f}, errors "
-        f"e = softmax − onehot (float32, in place) {med['errors']:.3f}, sketch update {med['sketch']:.3f}. "
-        f"RSS after loading the model: {rss_model:,.0f} MiB. No m × K matrix is materialised: the largest "
-        f"buffers are the batch's logits ({tokens} × {lm.K:,} float32 = {tokens * lm.K * 4 / 2**20:,.0f} MiB), "
-        f"turned into e in place.", "",
+        "Parts of forward + sketch (medians): " + "; ".join(notes) + ".", "",
+        load_line + f"cached load (safetensors, weights hash cached) {load_s:.1f} s; RSS after loading "
+        f"{rss_model:,.0f} MiB. No m × K matrix is materialised: the largest buffer is the batch's logits "
+        f"({tokens} × {lm.K:,} float32 = {tokens * lm.K * 4 / 2**20:,.0f} MiB), turned into e in place; "
+        f"forward batches are capped at 512 MiB of logits (512 tokens at K = 262,144).", "",
         f"Command: `{cmd.strip()}`", "",
     ]
     text = "\n".join(lines)
