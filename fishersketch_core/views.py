@@ -242,6 +242,11 @@ class Workspace:
         """Changes whenever any store is reopened; part of every cache key."""
         return tuple(h.version for h in self.handles.values())
 
+    @property
+    def cache_key(self) -> tuple:
+        """Identifies this workspace's current contents across the process (paths + version)."""
+        return (str(self.store_path), str(self.user_path), self.version)
+
     def _cached(self, key: tuple, fn: Callable[[], Any]) -> Any:
         key = (self.version,) + key
         with self._memo_lock:

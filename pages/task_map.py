@@ -53,7 +53,7 @@ if n < 4:
                + ("UMAP needs at least 3 tasks, so PCA is used." if n < 3 and method == "umap" else ""))
 
 params = (int(seed), int(nn), float(min_dist)) if method == "umap" else ()
-key = (ws.version, space, family, method, params)
+key = (ws.cache_key, space, family, method, params)
 cache = _maps()
 run = st.button("Run", type="primary", key="map_run",
                 help="UMAP's first run in a process compiles for several seconds; results are cached.")

@@ -36,3 +36,50 @@ def build_store(path: str | Path, **kw) -> Path:
     with SignatureStore(path) as st:
         st.add_many(synthetic_records(**kw))
     return path
+
+
+def save_tiny_model(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny random-initialised Llama model + byte-level tokenizer saved as a Hugging Face folder
+    (what the app's "local model path" accepts; no download)."""
+    from lm_helpers import HF_VOCAB, char_tokenizer_fast, tiny_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = tiny_model("llama", vocab=HF_VOCAB, ctx=128, seed=seed)
+    model.save_pretrained(folder)
+    char_tokenizer_fast().save_pretrained(folder)
+    return folder
+
+
+def plotly_spec(at, key: str) -> dict:
+    """The figure JSON of the plotly chart drawn with ``key`` in an AppTest run."""
+    import json
+
+    for el in at.get("plotly_chart"):
+        if el.proto.id.endswith(f"-{key}"):
+            return json.loads(el.proto.spec)
+    raise KeyError(f"no plotly chart with key {key!r}; charts: {[e.proto.id for e in at.get('plotly_chart')]}")
+
+
+def arr(value) -> "np.ndarray":
+    """A plotly JSON array as numpy: plain lists, or typed arrays ``{"dtype", "bdata"[, "shape"]}``."""
+    import base64
+
+    if isinstance(value, dict) and "bdata" in value:
+        out = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if "shape" in value:
+            shape = value["shape"]
+            shape = [int(s) for s in shape.split(",")] if isinstance(shape, str) else list(shape)
+            out = out.reshape(shape)
+        return out
+    return np.asarray(value)
+
+
+def frame(at, *columns: str):
+    """The value (DataFrame) of the first st.dataframe in an AppTest run that has all ``columns``
+    (display-only dataframes carry no key in AppTest)."""
+    for d in at.dataframe:
+        df = d.value
+        if all(c in df.columns for c in columns):
+            return df
+    raise KeyError(f"no dataframe with columns {columns}; have {[list(d.value.columns)[:6] for d in at.dataframe]}")
