@@ -169,9 +169,16 @@ def main() -> int:
         "The SQL query scans only the ranked family's `FLOAT[m]` column (one inner product per row, divided "
         "by the stored U-form self-norms; DuckDB spreads the scan over both cores), keeps the top k, then "
         "computes the other two families for those k rows. The 150 ms target is for the SQL ranking; CPU is "
-        "the process CPU time of one ranking (both threads), which does not depend on the machine's load "
-        "the way wall time does.",
+        "the process CPU time of one ranking (both DuckDB threads); contention inflates it too, but less "
+        "than wall time.",
     ])
+    verdict = ("Target met: median < 150 ms and identical rankings." if r["sql_ms"] < 150 and
+               r["agree"] == r["n_targets"] else
+               f"Target NOT met in this run (median {r['sql_ms']:.0f} ms"
+               + (f", with the machine's 1-minute load at {r['load']:.1f} on {os.cpu_count()} cores: other jobs "
+                  "held the CPUs, and the CPU time above is what one ranking needs" if r["load"] > 1.5 else "")
+               + "). Rerun `python benchmarks/bench_store.py` on a quiet machine to quote a latency.")
+    body += "\n\n" + verdict
     print(body)
     status = 0 if r["agree"] == r["n_targets"] and r["sql_ms"] < 150 else 1
     if not args.no_write:
