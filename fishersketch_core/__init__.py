@@ -18,3 +18,14 @@ __all__ = [
     "exact", "kronecker_delta", "route_halves", "self_norms",
 ]
 __version__ = "0.1.0"
+
+# Model-side entry points import transformers (seconds): load them only when asked for.
+_LAZY = {"load_model": "models", "compute_signature": "compute", "CorpusTask": "tasks",
+         "PromptTargetTask": "tasks", "load_task": "tasks", "SignatureStore": "store", "rank_sources": "store"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'fishersketch_core' has no attribute {name!r}")

@@ -213,10 +213,11 @@ class SketchState:
         if ids is not None and ids.shape != (logits.shape[0],):
             raise ValueError(f"sequence_ids must have shape ({logits.shape[0]},), got {ids.shape}")
         h = _as_tensor("h", h, self.sketcher.d)
+        from .extract import errors_from_logits  # fused in-place softmax; imported late (transformers)
+
         for start in range(0, logits.shape[0], chunk):
             sl = slice(start, start + chunk)
-            err = torch.softmax(logits[sl].float(), dim=-1)  # (chunk, K)
-            err[torch.arange(err.shape[0]), targets[sl].to(err.device)] -= 1.0
+            err, _ = errors_from_logits(logits[sl], targets[sl])  # (chunk, K), float32 copy
             self.update(h[sl], err, None if ids is None else ids[sl])
         return self
 
