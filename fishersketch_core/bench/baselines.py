@@ -231,8 +231,8 @@ def error_statistics(W: torch.Tensor, probes: Mapping[str, TaskProbe], names: Se
     ex = [torch.from_numpy(np.asarray(exact_index[t], dtype=np.int64)) for t in names]
     offsets = np.concatenate([[0], np.cumsum([len(e) for e in ex])])
     N = int(offsets[-1])
-    state = {"block": 0, "gm": np.zeros((T, T)), "gd": np.zeros((T, T)), "ge": np.zeros((N, N)),
-             "seconds": 0.0}
+    state = {"block": 0, "gm": np.zeros((T, T)), "gd": np.zeros((T, T)),
+             "ge": torch.zeros((N, N), dtype=torch.float64), "seconds": 0.0}
     lse: list[torch.Tensor] | None = None
     ck = Path(checkpoint) if checkpoint is not None else None
     sig = {"names": list(names), "K": K, "d": d, "N": N, "vocab_chunk": vocab_chunk,
@@ -240,7 +240,7 @@ def error_statistics(W: torch.Tensor, probes: Mapping[str, TaskProbe], names: Se
     if ck is not None and ck.exists():
         with np.load(ck, allow_pickle=False) as z:
             if str(z["sig"]) == repr(sig):
-                state = {"block": int(z["block"]), "gm": z["gm"], "gd": z["gd"], "ge": z["ge"],
+                state = {"block": int(z["block"]), "gm": z["gm"], "gd": z["gd"], "ge": torch.from_numpy(z["ge"]),
                          "seconds": float(z["seconds"])}
                 lse = [torch.from_numpy(z[f"lse{i}"]) for i in range(T)]
                 log(f"vocabulary pass: resuming at block {state['block']}")
@@ -258,7 +258,7 @@ def error_statistics(W: torch.Tensor, probes: Mapping[str, TaskProbe], names: Se
         if ck is None:
             return
         tmp = ck.with_name(ck.name + ".tmp.npz")
-        np.savez(tmp, sig=np.array(repr(sig)), block=block, gm=state["gm"], gd=state["gd"], ge=state["ge"],
+        np.savez(tmp, sig=np.array(repr(sig)), block=block, gm=state["gm"], gd=state["gd"], ge=state["ge"].numpy(),
                  seconds=state["seconds"] + time.time() - t0, **{f"lse{i}": l.numpy() for i, l in enumerate(lse)})
         tmp.replace(ck)
 
@@ -279,7 +279,7 @@ def error_statistics(W: torch.Tensor, probes: Mapping[str, TaskProbe], names: Se
             EX[offsets[i]:offsets[i + 1]] = E[ex[i]]
         state["gm"] += (XM @ XM.T).double().numpy()
         state["gd"] += (XD @ XD.T).double().numpy()
-        state["ge"] += (EX @ EX.T).double().numpy()
+        state["ge"].add_(EX @ EX.T)                                     # float32 block product, float64 sum
         del XM, XD, EX
         if b % 8 == 7 or b == n_blocks - 1:
             el = time.time() - t0
@@ -290,7 +290,7 @@ def error_statistics(W: torch.Tensor, probes: Mapping[str, TaskProbe], names: Se
     state["seconds"] += time.time() - t0
     if ck is not None and ck.exists():
         ck.unlink()
-    return {"gram_mean_gradient": state["gm"], "gram_diag_fisher": state["gd"], "gram_error": state["ge"],
+    return {"gram_mean_gradient": state["gm"], "gram_diag_fisher": state["gd"], "gram_error": state["ge"].numpy(),
             "exact_offsets": offsets, "seconds": state["seconds"]}
 
 

@@ -80,8 +80,8 @@ def pool_metrics(scores: Sequence[float], gains: Sequence[float], names: Sequenc
     return {"chosen": names[first], "n_tied": int(tied.sum()), "best": names[int(np.argmax(g))],
             "gain_chosen": g_pick, "gain_best": float(gb), "gain_min": float(gw),
             "top1": float((picked == gb).mean()),
-            "pct_oracle": g_pick / gb if gb > 0 else math.nan,
-            "normalised_gain": (g_pick - gw) / (gb - gw) if gb > gw else 1.0,
+            "pct_oracle": float(g_pick / gb) if gb > 0 else math.nan,
+            "normalised_gain": float((g_pick - gw) / (gb - gw)) if gb > gw else 1.0,
             "regret": float(gb - g_pick), "spearman": _spearman(ranked, g),
             "n_candidates": int(len(s))}
 

@@ -344,13 +344,19 @@ def run_calibration(cfg: BenchConfig, lrs: Sequence[float] = (0.01, 0.05, 0.2), 
 # --- the whole thing ------------------------------------------------------------------------------------------------
 
 def run_benchmark(cfg: BenchConfig, log: Callable[[str], Any] = _log_to_stderr) -> dict[str, Any]:
-    """Run the stages named by ``cfg.stage`` ("all", "gains", "methods", "verbalizer", "report")."""
+    """Run the stages named by ``cfg.stage`` ("all", "gains" = only the ground truth, "verbalizer" = only the verbalizer family)."""
     from ..audit import random_pools as seeded_pools
     from .metrics import evaluate_methods, exact_vs_sketch, summary_table
     from .report import write_outputs
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.stage == "verbalizer":  # only the verbalizer family (its files are reused by a later full run)
+        verb = run_verbalizer(cfg, log)
+        from .metrics import summary_table
+
+        s = summary_table(verb["per_target"], n_boot=cfg.n_boot, seed=cfg.seed)
+        return {"verbalizer": verb, "summary": s}
     t_all = time.time()
     timings: dict[str, float] = {}
     sel = select_domains(cfg, log)
@@ -422,8 +428,8 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--model", default="smollm2", help="model whose head is adapted (default SmolLM2-135M-Instruct)")
     p.add_argument("--head", default=None, help="a .npy (K, d) head instead of loading the model (tests, synthetic)")
     p.add_argument("--model-hash", default=None, help="weights hash of the cache/store to use (default: the store's)")
-    p.add_argument("--stage", default="all", choices=["all", "gains", "methods", "verbalizer"],
-                   help="'gains' runs only the checkpointed ground-truth job")
+    p.add_argument("--stage", default="all", choices=["all", "gains", "verbalizer"],
+                   help="'gains': only the checkpointed ground-truth job; 'verbalizer': only the verbalizer family")
     p.add_argument("--calibrate", action="store_true", help="run the recipe grid on the calibration domains")
     p.add_argument("--calibration", default=",".join(DEFAULT_CALIBRATION),
                    help="comma-separated calibration domains (excluded from evaluation)")
