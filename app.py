@@ -10,16 +10,17 @@ import streamlit as st
 
 from pages._ui import store_sidebar
 
-st.set_page_config(page_title="FisherSketch Studio", page_icon="🧭", layout="wide")
+# no page_icon: a material-icon favicon would be fetched from fonts.gstatic.com (the app runs offline)
+st.set_page_config(page_title="FisherSketch Studio", layout="wide")
 
 PAGES = [
-    st.Page("pages/overview.py", title="Overview", icon="🏠", default=True),
-    st.Page("pages/signatures.py", title="Signatures", icon="🧾", url_path="signatures"),
-    st.Page("pages/decomposition.py", title="Decomposition", icon="🧩", url_path="decomposition"),
-    st.Page("pages/delta.py", title="Kronecker δ", icon="📐", url_path="delta"),
-    st.Page("pages/task_map.py", title="Task map", icon="🗺️", url_path="task-map"),
-    st.Page("pages/ranking.py", title="Source ranking", icon="🏆", url_path="ranking"),
-    st.Page("pages/audit.py", title="Bias audit", icon="⚖️", url_path="audit"),
+    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/signatures.py", title="Signatures", icon=":material/fingerprint:", url_path="signatures"),
+    st.Page("pages/decomposition.py", title="Decomposition", icon=":material/stacked_bar_chart:", url_path="decomposition"),
+    st.Page("pages/delta.py", title="Kronecker δ", icon=":material/grid_on:", url_path="delta"),
+    st.Page("pages/task_map.py", title="Task map", icon=":material/scatter_plot:", url_path="task-map"),
+    st.Page("pages/ranking.py", title="Source ranking", icon=":material/leaderboard:", url_path="ranking"),
+    st.Page("pages/audit.py", title="Bias audit", icon=":material/balance:", url_path="audit"),
 ]
 
 nav = st.navigation(PAGES)

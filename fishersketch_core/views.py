@@ -152,26 +152,33 @@ class StoreHandle:
             return None
 
     def open(self) -> None:
-        """(Re)open read-only; on failure keep the message in ``error`` (never raises)."""
+        """(Re)open read-only; on failure keep the message in ``error`` (never raises).
+
+        ``version`` increases only when what can be read changes (a store opened, or an open one closed),
+        so a missing or locked file does not invalidate caches on every call.
+        """
         with self.lock:
-            if self.store is not None:
+            was_open = self.store is not None
+            if was_open:
                 self.store.close()
                 self.store = None
-            self.version += 1
             self._stamp = self._file_stamp()
             if not self.path.exists():
                 self.error = f"missing: no file at {self.path}"
-                return
-            try:
-                self.store = SignatureStore(self.path, read_only=True)
-                self.error = ""
-            except (StoreError, OSError) as exc:
-                self.error = str(exc)
+            else:
+                try:
+                    self.store = SignatureStore(self.path, read_only=True)
+                    self.error = ""
+                except (StoreError, OSError) as exc:
+                    self.error = str(exc)
+            if was_open or self.store is not None:
+                self.version += 1
 
     def refresh(self) -> None:
-        """Reopen when the file appeared, changed on disk, or could not be opened before."""
+        """Reopen when the file appeared, changed on disk, or could not be opened (e.g. it was locked)."""
         with self.lock:
-            if self.store is None or self._file_stamp() != self._stamp:
+            stamp = self._file_stamp()
+            if stamp != self._stamp or (self.store is None and stamp is not None):
                 self.open()
 
     @property
@@ -378,6 +385,80 @@ class Workspace:
             return meta, r
 
         return self._cached(("rho", space, family, form), compute)
+
+    def delta(self, space: str, form: str = "U") -> pd.DataFrame:
+        """:func:`delta_table` of every task of a space (memoised until a store changes)."""
+        def compute() -> pd.DataFrame:
+            meta = self.tasks_in(space)
+            return delta_table(meta, self.signatures(meta["uid"].tolist()), form=form)
+        return self._cached(("delta", space, form), compute)
+
+    def pairs(self, space: str, form: str = "U") -> pd.DataFrame:
+        """:func:`kronecker_pairs` of a space: ρ_F, ρ_h, ρ_e, ρ_h·ρ_e for every pair (memoised)."""
+        def compute() -> pd.DataFrame:
+            rho = {}
+            meta = None
+            for fam in FAMILIES:
+                meta, rho[fam] = self.rho(space, fam, form)
+            return kronecker_pairs(meta, rho)
+        return self._cached(("pairs", space, form), compute)
+
+    def warm(self) -> None:
+        """Precompute what the pages read first (tasks, ρ matrices, δ of the largest space); never raises."""
+        try:
+            spaces = self.spaces()
+            if len(spaces):
+                space = spaces["space"].iloc[0]
+                self.delta(space)
+                self.pairs(space)
+        except Exception:  # a store that cannot be read shows its own message in the pages
+            pass
+
+    def start_warming(self) -> threading.Thread:
+        """:meth:`warm` in a daemon thread (the app calls it when a workspace is opened)."""
+        t = threading.Thread(target=self.warm, name="fishersketch-warm", daemon=True)
+        t.start()
+        return t
+
+    def full_ranking(self, target_uid: str, by: str = "joint", form: str = "U",
+                     groups: Sequence[str] | None = None) -> pd.DataFrame:
+        """Every compatible candidate ranked for a target, from the memoised ρ matrices (NumPy, float64).
+
+        Same scores and order rule as ``rank_sources`` (score descending, ties by uid); used for the
+        rank of each source under another method and for rank correlations, where a full list is needed.
+        Columns ``rank, uid, store, label, group, score``.
+        """
+        space = self.row(target_uid)["space"]
+        if by == "kronecker":
+            meta, rh = self.rho(space, "activation", form)
+            _, re_ = self.rho(space, "error", form)
+            r = rh * re_
+        else:
+            meta, r = self.rho(space, by, form)
+        i = int(np.flatnonzero(meta["uid"].to_numpy() == target_uid)[0])
+        df = meta[["uid", "store", "label", "group"]].assign(score=r[:, i])
+        df = df[df["uid"] != target_uid]
+        if groups:
+            df = df[df["group"].isin(list(groups))]
+        df = df[np.isfinite(df["score"].to_numpy())]
+        df = df.sort_values(["score", "uid"], ascending=[False, True]).reset_index(drop=True)
+        df.insert(0, "rank", np.arange(1, len(df) + 1))
+        return df
+
+    def alignments_to(self, target_uid: str, form: str = "U") -> pd.DataFrame:
+        """ρ_F, ρ_h, ρ_e, κ and ρ_h·ρ_e of every task of the target's space with the target (memoised ρ)."""
+        space = self.row(target_uid)["space"]
+        out = None
+        for fam, col in (("joint", "rho_F"), ("activation", "rho_h"), ("error", "rho_e")):
+            meta, r = self.rho(space, fam, form)
+            i = int(np.flatnonzero(meta["uid"].to_numpy() == target_uid)[0])
+            if out is None:
+                out = meta[["uid", "store"]].copy()
+            out[col] = r[:, i]
+        out["kronecker"] = out["rho_h"] * out["rho_e"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["kappa"] = out["rho_F"] / out["kronecker"]
+        return out
 
     def rank(self, target_uid: str, k: int = 10, by: str = "joint", form: str = "U",
              groups: Sequence[str] | None = None, with_se: bool = True) -> pd.DataFrame:
@@ -788,15 +869,18 @@ def task_map(x: np.ndarray, method: str = "umap", seed: int = 0, n_neighbors: in
     if method == "umap" and n < 3:
         method, note = "pca", "UMAP needs at least 3 tasks; showing PCA instead."
     if method == "pca":
+        # PCA through the n × n Gram matrix (an SVD of the wide n × m matrix is far slower here)
         xc = xn - xn.mean(0, keepdims=True)
-        u, s, _ = np.linalg.svd(xc, full_matrices=False)
-        coords = u[:, :2] * s[:2]
+        w, u = np.linalg.eigh(xc @ xc.T)
+        order = np.argsort(w)[::-1][:2]
+        lam = np.clip(w[order], 0.0, None)
+        coords = u[:, order] * np.sqrt(lam)
         if coords.shape[1] < 2:
             coords = np.column_stack([coords, np.zeros(n)])
         # a deterministic sign per axis
         signs = np.sign(coords[np.argmax(np.abs(coords), axis=0), np.arange(2)])
         coords = coords * np.where(signs == 0, 1, signs)
-        var = s ** 2 / max((s ** 2).sum(), 1e-300)
+        var = lam / max(float(np.clip(w, 0.0, None).sum()), 1e-300)
         params = {"explained_variance": [float(v) for v in var[:2]]}
         return MapResult(coords, "pca", params, note, time.perf_counter() - t0)
     import umap  # noqa: PLC0415 - slow import (numba), only when a UMAP map is asked for
@@ -869,9 +953,10 @@ def compare_rankings(primary: pd.DataFrame, baseline: pd.DataFrame, k: int) -> t
     Parameters
     ----------
     primary, baseline : DataFrame
-        From :meth:`Workspace.rank` over *all* candidates (``k`` = number of tasks), e.g. by ρ_F and ρ_h.
+        Full rankings with at least ``rank, uid, label`` (e.g. :meth:`Workspace.full_ranking` by ρ_F and
+        by ρ_h).
     k : int
-        How many of the primary's top sources to show.
+        How many of each ranking's top sources to show.
 
     Returns
     -------
@@ -1000,21 +1085,21 @@ def fig_heatmap(mat: np.ndarray, labels: Sequence[str], title: str, zmid: float 
 
 
 def fig_delta(df: pd.DataFrame) -> go.Figure:
-    """δ per task with its interval, one colour per group, tasks sorted by group then δ."""
+    """δ per task with its interval: tasks along x, sorted by group then δ, one colour per group."""
     fig = go.Figure()
     for group, part in df.groupby("group", sort=True):
-        fig.add_scatter(x=part["delta"], y=part["label"], mode="markers", name=group,
-                        error_x=dict(type="data", symmetric=False, array=(part["hi"] - part["delta"]).to_numpy(),
-                                     arrayminus=(part["delta"] - part["lo"]).to_numpy()),
-                        customdata=np.column_stack([part["lo"], part["hi"], part["model_id"], part["n_positions"]]),
-                        hovertemplate="%{y}: δ = %{x:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>"
-                                      "%{customdata[2]}, %{customdata[3]} positions<extra></extra>")
+        fig.add_scattergl(x=part["label"], y=part["delta"], mode="markers", name=group,
+                          error_y=dict(type="data", symmetric=False, array=(part["hi"] - part["delta"]).to_numpy(),
+                                       arrayminus=(part["delta"] - part["lo"]).to_numpy()),
+                          customdata=np.column_stack([part["lo"], part["hi"], part["model_id"], part["n_positions"]]),
+                          hovertemplate="%{x}: δ = %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>"
+                                        "%{customdata[2]}, %{customdata[3]} positions<extra></extra>")
     form = df["form"].iloc[0] if len(df) else "U"
-    fig.add_vline(x=0.0, line_dash="dot", line_color="grey")
-    fig.update_layout(title=f"Kronecker discrepancy δ per task ({form} form, 95% interval)",
-                      xaxis_title="δ = ‖F − A⊗G‖ / ‖F‖", height=max(360, 16 * len(df) + 120),
-                      margin=dict(l=10, r=10, t=40, b=10),
-                      yaxis=dict(categoryorder="array", categoryarray=df["label"].tolist()[::-1]))
+    fig.add_hline(y=0.0, line_dash="dot", line_color="grey")
+    fig.update_layout(title=f"Kronecker discrepancy δ per task ({form} form, 95% interval), sorted by group",
+                      yaxis_title="δ = ‖F − A⊗G‖ / ‖F‖", height=440, margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis=dict(categoryorder="array", categoryarray=df["label"].tolist(),
+                                 showticklabels=len(df) <= 40, title="task" if len(df) > 40 else None))
     return fig
 
 

@@ -22,7 +22,9 @@ KEEP = "_keep_"
 @st.cache_resource(show_spinner=False)
 def _workspace(store_path: str, user_path: str) -> V.Workspace:
     """One Workspace (read-only store connections + matrix memo) per pair of paths, per process."""
-    return V.Workspace(store_path, user_path or None)
+    ws = V.Workspace(store_path, user_path or None)
+    ws.start_warming()  # ρ matrices and δ of the main space, so the first page visits are quick
+    return ws
 
 
 def store_paths() -> tuple[str, str]:
@@ -43,7 +45,10 @@ def workspace() -> V.Workspace | None:
     except ValueError as exc:
         st.error(str(exc))
         return None
+    before = ws.version
     ws.refresh()
+    if ws.version != before:  # a store appeared or changed on disk: recompute in the background
+        ws.start_warming()
     return ws
 
 
@@ -69,11 +74,11 @@ def store_sidebar() -> None:
     for s in ws.statuses():
         label = "signature store" if s.role == "base" else "your store"
         if s.ok:
-            st.sidebar.caption(f"✅ {label}: {s.n_tasks} tasks · `{s.path}`")
+            st.sidebar.caption(f":material/check_circle: {label}: {s.n_tasks} tasks · `{s.path}`")
         elif s.role == "user":
-            st.sidebar.caption(f"➕ {label}: {s.message}")
+            st.sidebar.caption(f":material/add_circle: {label}: {s.message}")
         else:
-            st.sidebar.caption(f"⚠️ {label}: not open (see Overview)")
+            st.sidebar.caption(f":material/error: {label}: not open (see Overview)")
 
 
 def base_store_problem(ws: V.Workspace) -> str | None:

@@ -12,20 +12,6 @@ st.caption("δ_T = ‖F_T − A_T⊗G_T‖ / ‖F_T‖ per task (U form: every i
            "relies on; the V form from sample moments is biased far upward). δ = 0 is K-FAC independence.")
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _delta(_ws: V.Workspace, cache_key: tuple, space: str, form: str):
-    meta = _ws.tasks_in(space)
-    return V.delta_table(meta, _ws.signatures(meta["uid"].tolist()), form=form)
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _pairs(_ws: V.Workspace, cache_key: tuple, space: str, form: str):
-    rho = {}
-    for fam in V.FAMILIES:
-        meta, rho[fam] = _ws.rho(space, fam, form)
-    return V.kronecker_pairs(meta, rho)
-
-
 ws = workspace()
 if not require_tasks(ws):
     st.stop()
@@ -42,7 +28,7 @@ sync("delta_form", "form", form, "U")
 sync("delta_groups", "groups", sel_groups, [])
 
 try:
-    df = _delta(ws, ws.cache_key, space, form)
+    df = ws.delta(space, form)
 except Exception as exc:
     show_error(exc, "Computing δ failed")
     st.stop()
@@ -69,7 +55,7 @@ with st.expander("Per-task table"):
 
 st.subheader("ρ_F against the Kronecker prediction ρ_h·ρ_e")
 try:
-    pairs = _pairs(ws, ws.cache_key, space, form)
+    pairs = ws.pairs(space, form)
 except Exception as exc:
     show_error(exc, "Pairwise alignments failed")
     st.stop()

@@ -47,19 +47,27 @@ for key, qp, default in (("rank_target", "target", labels[0]), ("rank_k", "k", 1
 
 t0 = time.perf_counter()
 try:
-    n_all = len(labels)
-    full_f = ws.rank(uid_of[target], k=n_all, by="joint", form=form, groups=cand_groups or None, with_se=False)
-    full_b = ws.rank(uid_of[target], k=n_all, by=vs, form=form, groups=cand_groups or None, with_se=False)
-    top = ws.rank(uid_of[target], k=int(k), by="joint", form=form, groups=cand_groups or None, with_se=True)
+    sel = cand_groups or None
+    top = ws.rank(uid_of[target], k=int(k), by="joint", form=form, groups=sel, with_se=True)     # DuckDB
+    top_b = ws.rank(uid_of[target], k=int(k), by=vs, form=form, groups=sel, with_se=False)       # DuckDB
+    full_f = ws.full_ranking(uid_of[target], by="joint", form=form, groups=sel)  # ranks of every candidate
+    full_b = ws.full_ranking(uid_of[target], by=vs, form=form, groups=sel)
 except Exception as exc:  # locked / incompatible / unknown target: say so in the page
     show_error(exc, "Ranking failed")
     st.stop()
-if full_f.empty:
+if top.empty:
     st.info("No candidate source matches the filters. Widen the candidate groups.")
     st.stop()
 table, summary = V.compare_rankings(full_f, full_b, int(k))
-se = top.set_index("uid")[["rho_F_se", "rho_h_se", "rho_e_se", "kappa_se"]]
-table = table.drop(columns=["rho_F_se", "rho_h_se", "rho_e_se", "kappa_se"]).join(se, on="uid")
+summary.update(primary_top1=top["label"].iloc[0], baseline_top1=top_b["label"].iloc[0],
+               top1_agree=bool(top["uid"].iloc[0] == top_b["uid"].iloc[0]))
+cols = ["uid", "store", "rho_F", "rho_h", "rho_e", "kappa", "kronecker", "rho_F_se", "rho_h_se", "rho_e_se",
+        "kappa_se"]
+table = table.drop(columns=["store"]).merge(top[cols], on="uid", how="left")
+if table["rho_F"].isna().any():  # sources only in the baseline's top k: ρ's from the cached matrices
+    fill = ws.alignments_to(uid_of[target], form=form).set_index("uid")
+    for c in ("store", "rho_F", "rho_h", "rho_e", "kappa", "kronecker"):
+        table[c] = table[c].fillna(table["uid"].map(fill[c]))
 elapsed = time.perf_counter() - t0
 
 m1, m2, m3, m4 = st.columns(4)
@@ -85,18 +93,17 @@ with left:
     st.dataframe(styled, hide_index=True, key="rank_table")
 with right:
     st.subheader(f"Ranked by {V.BY_LABELS[vs]}")
-    base_top = full_b.head(int(k))
-    in_f = set(full_f["uid"].head(int(k)))
+    in_f = set(top["uid"])
     score_col = {"activation": "rho_h", "error": "rho_e", "kronecker": "kronecker"}[vs]
-    bshow = pd.DataFrame({"rank": base_top["rank"], "source": base_top["label"], "group": base_top["group"],
-                          "score": base_top[score_col], "in ρ_F top k": base_top["uid"].isin(in_f)})
+    bshow = pd.DataFrame({"rank": top_b["rank"], "source": top_b["label"], "group": top_b["group"],
+                          "score": top_b[score_col], "in ρ_F top k": top_b["uid"].isin(in_f)})
     bstyled = bshow.style.apply(lambda r: ["" if r["in ρ_F top k"] else "background-color: #ffe3b3" for _ in r],
                                 axis=1).format({"score": "{:.3f}"})
     st.dataframe(bstyled, hide_index=True, key="rank_baseline_table")
 
-export = full_f.rename(columns={"rank": "rank_fishersketch"}).merge(
-    full_b[["uid", "rank"]].rename(columns={"rank": f"rank_{vs}"}), on="uid", how="left")
-export = export.drop(columns=["rho_F_se", "rho_h_se", "rho_e_se", "kappa_se"]).join(se, on="uid")
+export = full_f.rename(columns={"rank": "rank_fishersketch", "score": "rho_F"}).merge(
+    full_b[["uid", "rank", "score"]].rename(columns={"rank": f"rank_{vs}", "score": f"score_{vs}"}), on="uid",
+    how="left").merge(top[["uid", "rho_F_se", "rho_h", "rho_e", "kappa"]], on="uid", how="left")
 export.insert(0, "target", target)
 st.download_button("Download the full ranking (CSV)", export.to_csv(index=False).encode(),
                    file_name=f"ranking-{V._slug(target)}.csv", mime="text/csv", key="rank_download")

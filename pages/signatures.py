@@ -164,8 +164,12 @@ with tab_compute:
                     target_col = st.text_input("Target column / key", key="cmp_target_col") or None
     c3, c4, c5 = st.columns(3)
     default_name = domain if corpus == "domain" else (Path(data_path).stem if data_path else "")
-    name = c3.text_input("Task name", value=default_name, key=f"cmp_name_{default_name}")
-    group = c4.text_input("Group", value=dom_group, key=f"cmp_group_{dom_group}")
+    for key, default in (("cmp_name", default_name), ("cmp_group", dom_group)):
+        if st.session_state.get(f"_{key}_default") != default:  # a new corpus: suggest its name and group
+            st.session_state[key] = default
+            st.session_state[f"_{key}_default"] = default
+    name = c3.text_input("Task name", key="cmp_name")
+    group = c4.text_input("Group", key="cmp_group")
     budget = c5.number_input("Position budget (0 = all)", min_value=0, value=2000, step=500, key="cmp_budget")
     with st.expander("Sketch settings (defaults match the open signature store, so results are comparable)"):
         s1, s2, s3, s4 = st.columns(4)
