@@ -75,7 +75,7 @@ def store_sidebar() -> None:
         label = "signature store" if s.role == "base" else "your store"
         if s.ok:
             st.sidebar.caption(f":material/check_circle: {label}: {s.n_tasks} tasks · `{s.path}`")
-        elif s.role == "user":
+        elif s.role == "user" and not os.path.exists(s.path):
             st.sidebar.caption(f":material/add_circle: {label}: {s.message}")
         else:
             st.sidebar.caption(f":material/error: {label}: not open (see Overview)")

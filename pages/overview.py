@@ -9,13 +9,14 @@ from pages._ui import page_params, base_store_problem, plotly, workspace
 st.title("FisherSketch Studio")
 page_params()
 st.markdown(
-    "**The idea.** Fine-tuning a model's output head on a source corpus helps a target corpus when the two "
-    "produce similar head gradients, so FisherSketch compares tasks by their head Fisher information — jointly "
-    "over activations *h* and errors *e* — instead of by activations alone. Head Fisher alignment ρ_F is exactly "
-    "a cosine between kernel mean embeddings in the joint activation-error space, and a 16 KiB signature per task "
-    "(m = 4096 random Maclaurin features, one streaming pass) estimates it with a standard error. It splits as "
-    "ρ_F = ρ_h · ρ_e · κ, which shows whether two tasks look alike because of their activations, their errors or "
-    "the coupling between them — and ranks sources where activation similarity is blind (SMILES, proteins, DNA).")
+    "**The idea.** Fine-tuning a model's output head on a source corpus helps a target corpus when the two produce "
+    "similar head gradients, so FisherSketch compares tasks by their head Fisher information — activations *h* and "
+    "errors *e* jointly — rather than by activations alone, which look alike for every corpus in scientific "
+    "string domains (SMILES, proteins, DNA). Head Fisher alignment ρ_F is exactly a cosine between kernel mean "
+    "embeddings in the joint activation-error space, estimated in one streaming pass by a 16 KiB signature per task "
+    "(m = 4096 random Maclaurin features) with a standard error. It factors as ρ_F = ρ_h · ρ_e · κ, which says "
+    "whether two tasks are alike through their activations, their errors, or the coupling between the two (κ = 1 "
+    "is the Kronecker/K-FAC assumption, which the Kronecker δ page tests per task).")
 
 ws = workspace()
 if ws is None:
@@ -38,8 +39,10 @@ for s in ws.statuses():
     name = "Signature store (read-only)" if s.role == "base" else "Your store (computed and imported signatures)"
     if s.ok:
         st.success(f"**{name}** — `{s.path}`: {s.n_tasks} tasks")
-    elif s.role == "user":
+    elif s.role == "user" and "not created yet" in s.message:
         st.info(f"**{name}** — `{s.path}`: {s.message}")
+    elif s.role == "user":
+        st.error(f"**{name}** — `{s.path}` could not be opened: {s.message}")
     else:
         st.error(f"**{name}** — `{s.path}`: not open.")
 with st.expander("How the stores work"):

@@ -102,6 +102,33 @@ def test_locked_store_message(monkeypatch, stores):
     assert metrics(at)["Tasks"] == "3"
 
 
+def test_import_into_locked_user_store(monkeypatch, stores, tmp_path):
+    """Your store held read-write by another process (e.g. the CLI): the import says so; nothing is lost."""
+    from fishersketch_core import views as V
+
+    user = tmp_path / "user.duckdb"
+    first = synthetic_records(n_per_group=1, groups=("kappa",))[0]
+    with SignatureStore(user) as st:
+        st.add(first.signature, name="kappa-0", group="kappa")
+    blob = V.Workspace(stores["base"]).export_parquet_bytes(["base:1"])
+    code = ("import time; from fishersketch_core.store import SignatureStore; "
+            f"s = SignatureStore({str(user)!r}); print('ready', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        at = make_app(monkeypatch, stores["base"], user, "signatures")
+        at.file_uploader(key="sig_upload").upload("one.parquet", blob).run()
+        at.button(key="sig_import").click().run()
+        assert not at.exception
+        err = texts(at.error)
+        assert "locked" in err and "Fix" in err, err
+    finally:
+        proc.kill()
+        proc.wait()
+    with SignatureStore(user, read_only=True) as st:
+        assert st.list()["name"].tolist() == ["kappa-0"]
+
+
 # --- Source ranking ------------------------------------------------------------------------------------
 
 def test_ranking_matches_store_and_baseline(monkeypatch, stores):
