@@ -1069,15 +1069,23 @@ def fig_pair_bars(table: pd.DataFrame, target: str) -> go.Figure:
         fig.add_bar(x=table["source"], y=table[col], name=name,
                     error_y=dict(type="data", array=table[col + "_se"].fillna(0).to_numpy(), visible=True))
     fig.add_hline(y=1.0, line_dash="dot", line_color="grey")
-    fig.update_layout(barmode="group", height=380, margin=dict(l=10, r=10, t=40, b=10),
+    # κ explodes when ρ_h·ρ_e ≈ 0: keep the axis on the alignments (hover shows every true value)
+    vals = np.concatenate([table[c].to_numpy(dtype=float) for c in ("rho_F", "rho_h", "rho_e")]
+                          + [np.clip(table["kappa"].to_numpy(dtype=float), -0.5, 2.0)])
+    vals = vals[np.isfinite(vals)]
+    lo = min(0.0, float(vals.min()) if vals.size else 0.0) - 0.05
+    hi = max(1.1, float(vals.max()) if vals.size else 1.0) + 0.05
+    fig.update_layout(barmode="group", height=380, margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[lo, hi],
                       title=f"Alignment with target {target} (bars ± 1 SE)", yaxis_title="value")
     return fig
 
 
-def fig_heatmap(mat: np.ndarray, labels: Sequence[str], title: str, zmid: float | None = None) -> go.Figure:
-    """Heatmap of a pairwise matrix over a set of tasks."""
+def fig_heatmap(mat: np.ndarray, labels: Sequence[str], title: str, zmid: float | None = None,
+                zrange: tuple[float, float] | None = None) -> go.Figure:
+    """Heatmap of a pairwise matrix over a set of tasks (``zrange`` clips the colour scale, not the data)."""
+    zmin, zmax = zrange if zrange is not None else (None, None)
     fig = go.Figure(go.Heatmap(z=np.asarray(mat, dtype=float), x=list(labels), y=list(labels),
-                               colorscale="RdBu" if zmid is not None else "Viridis", zmid=zmid,
+                               colorscale="RdBu" if zmid is not None else "Viridis", zmid=zmid, zmin=zmin, zmax=zmax,
                                hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"))
     fig.update_layout(title=title, height=max(320, 24 * len(labels) + 140), margin=dict(l=10, r=10, t=40, b=10),
                       yaxis=dict(autorange="reversed"))

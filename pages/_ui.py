@@ -74,7 +74,8 @@ def store_sidebar() -> None:
     for s in ws.statuses():
         label = "signature store" if s.role == "base" else "your store"
         if s.ok:
-            st.sidebar.caption(f":material/check_circle: {label}: {s.n_tasks} tasks · `{s.path}`")
+            st.sidebar.caption(f":material/check_circle: {label}: {s.n_tasks} task{'s' if s.n_tasks != 1 else ''} "
+                               f"· `{s.path}`")
         elif s.role == "user" and not os.path.exists(s.path):
             st.sidebar.caption(f":material/add_circle: {label}: {s.message}")
         else:

@@ -79,6 +79,7 @@ tabs = st.tabs(["ρ_F joint", "ρ_h activation", "ρ_e error", "κ coupling"])
 for tab, (fam, title) in zip(tabs, (("joint", "ρ_F"), ("activation", "ρ_h"), ("error", "ρ_e"), ("coupling", "κ"))):
     with tab:
         plotly(V.fig_heatmap(mats[fam], names, f"{title} over the set ({form} form)",
-                             zmid=1.0 if fam == "coupling" else None), key=f"dec_heat_{fam}")
+                             zmid=1.0 if fam == "coupling" else None,
+                             zrange=(0.0, 2.0) if fam == "coupling" else None), key=f"dec_heat_{fam}")
 st.download_button("Download the pair table (CSV)", table.assign(target=target).to_csv(index=False).encode(),
                    file_name=f"decomposition-{V._slug(target)}.csv", mime="text/csv", key="dec_download")

@@ -38,7 +38,7 @@ st.subheader("Stores")
 for s in ws.statuses():
     name = "Signature store (read-only)" if s.role == "base" else "Your store (computed and imported signatures)"
     if s.ok:
-        st.success(f"**{name}** — `{s.path}`: {s.n_tasks} tasks")
+        st.success(f"**{name}** — `{s.path}`: {s.n_tasks} task{'s' if s.n_tasks != 1 else ''}")
     elif s.role == "user" and "not created yet" in s.message:
         st.info(f"**{name}** — `{s.path}`: {s.message}")
     elif s.role == "user":
