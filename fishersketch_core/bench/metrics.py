@@ -32,9 +32,11 @@ METRICS = ("top1", "pct_oracle", "normalised_gain", "regret", "spearman")
 TIE_RTOL = 1e-9
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+def _spearman(x: np.ndarray, y: np.ndarray, rtol: float = TIE_RTOL) -> float:
     from scipy.stats import rankdata
 
+    scale = max(1.0, float(np.abs(x).max())) if len(x) else 1.0
+    x = np.round(x / (rtol * scale))  # scores equal up to rounding noise are ties (as for the pick)
     if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
     rx, ry = rankdata(x), rankdata(y)
@@ -82,7 +84,7 @@ def pool_metrics(scores: Sequence[float], gains: Sequence[float], names: Sequenc
             "top1": float((picked == gb).mean()),
             "pct_oracle": float(g_pick / gb) if gb > 0 else math.nan,
             "normalised_gain": float((g_pick - gw) / (gb - gw)) if gb > gw else 1.0,
-            "regret": float(gb - g_pick), "spearman": _spearman(ranked, g),
+            "regret": float(gb - g_pick), "spearman": _spearman(ranked, g, rtol),
             "n_candidates": int(len(s))}
 
 

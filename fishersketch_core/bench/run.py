@@ -263,7 +263,10 @@ def run_verbalizer(cfg: BenchConfig, log: Callable[[str], Any]) -> dict[str, Any
     idx_e = subsample_index(len(sp["eval"]["label"]), r.eval_positions, "verbalizer", "eval", r.subsample_seed)
     pools_all = {t: [s for s in names if s != t] for t in names}
     needed = needed_pairs(pools_all)
-    ck = work / f"gains-{r.key()}.csv"
+    import hashlib
+
+    vkey = hashlib.sha256(json.dumps([prep["token_ids"], prep["n_prompts"]], sort_keys=True).encode()).hexdigest()[:8]
+    ck = work / f"gains-{r.key()}-{vkey}.csv"  # keyed by the recipe and the tasks' answer tokens
     gains = compute_gains(W, lambda v: (sp["adapt"]["h"][idx_a], task_targets(prep, v, "adapt")[idx_a]),
                           lambda v: (sp["eval"]["h"][idx_e], task_targets(prep, v, "eval")[idx_e]),
                           needed, r, checkpoint=ck, log=log)
@@ -490,5 +493,8 @@ def _cli(args: argparse.Namespace) -> int:
         for r in s.itertuples():
             print(f"{r.method:16s} top-1 {100 * r.top1:5.1f}%  oracle {100 * r.pct_oracle:5.1f}%  "
                   f"Spearman {r.spearman:+.2f}")
-    print(f"benchmark finished in {time.time() - t0:.0f} s; results in {cfg.out}, report {cfg.report}")
+    if cfg.stage == "all":
+        print(f"benchmark finished in {time.time() - t0:.0f} s; results in {cfg.out}, report {cfg.report}")
+    else:
+        print(f"stage {cfg.stage} finished in {time.time() - t0:.0f} s (checkpoints in {cfg.work or default_work()})")
     return 0

@@ -17,6 +17,7 @@ split (the prompts are shared); every task's targets are its words for the posit
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -38,20 +39,24 @@ def _vocab(words: str) -> dict[str, str]:
     return dict(zip(_LABELS, w))
 
 
-#: answer vocabularies (label → word, written without the leading space)
+#: answer vocabularies (label → word, written without the leading space). Built from three word bases —
+#: category names, synonyms, examples — so that every task shares answer words with several others (transfer
+#: between them is real, not just "the least harmful source"), with varying overlap of (category, word)
+#: assignments; the permuted ones use the same words as another task with the assignment changed, which
+#: a unigram (or error-only) similarity cannot tell apart from the original.
 VOCABULARIES: dict[str, dict[str, str]] = {
     "names": _vocab("animal plant food body object person"),
     "synonyms": _vocab("creature herb dish organ tool human"),
     "examples": _vocab("dog tree bread hand machine man"),
     "names-rot1": _vocab("plant food body object person animal"),
-    "names-rot3": _vocab("body object person animal plant food"),
+    "names-swap12": _vocab("plant animal food body object person"),
     "synonyms-rot2": _vocab("dish organ tool human creature herb"),
-    "letters": _vocab("A B C D E F"),
-    "letters-reversed": _vocab("F E D C B A"),
-    "number-words": _vocab("one two three four five six"),
-    "colours": _vocab("red green blue yellow black white"),
-    "mixed-names-synonyms": _vocab("animal plant food organ tool human"),
-    "mixed-synonyms-names": _vocab("creature herb dish body object person"),
+    "examples-rot1": _vocab("tree bread hand machine man dog"),
+    "names+synonyms": _vocab("animal plant food organ tool human"),
+    "synonyms+names": _vocab("creature herb dish body object person"),
+    "names+examples": _vocab("animal plant food hand machine man"),
+    "examples+synonyms": _vocab("dog tree bread organ tool human"),
+    "synonyms+examples": _vocab("creature herb dish hand machine man"),
 }
 TEMPLATE = "Definition: {text}\nCategory:"
 DEFAULT_COUNTS = {"probe": 50, "adapt": 100, "eval": 60}
@@ -126,14 +131,17 @@ def prepare_family(lm: Any, work: str | Path, *, vocabularies: Mapping[str, Mapp
     names = list(vocabularies)
     t0 = time.time()
     meta_path = work / "family.json"
-    spec = {"template": template, "prefix": prefix, "vocabularies": vocabularies,
-            "family": {s: {"texts": list(v["texts"]), "labels": list(v["labels"])} for s, v in family.items()},
-            "model_hash": lm.model_hash, "m": m, "seed": seed, "method": method}
+    spec = {"template": template, "family": {s: {"texts": list(v["texts"]), "labels": list(v["labels"])}
+                                             for s, v in family.items()}, "model_hash": lm.model_hash}
     if meta_path.exists() and json.loads(meta_path.read_text()) != spec:
-        log("verbalizer family changed: recomputing its signatures and head inputs")
+        log("verbalizer prompts changed: recomputing the signatures and head inputs")
         for f in work.glob("*.npz"):
             f.unlink()
     meta_path.write_text(json.dumps(spec))
+
+    def sig_path(v: str) -> Path:  # keyed by the words and sketch settings, so an edited vocabulary is redone
+        key = json.dumps([prefix, sorted(vocabularies[v].items()), m, seed, method])
+        return work / f"sig-{v}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.npz"
 
     def task(v: str, split: str) -> PromptTargetTask:
         voc = {lab: prefix + w for lab, w in vocabularies[v].items()}
@@ -142,7 +150,7 @@ def prepare_family(lm: Any, work: str | Path, *, vocabularies: Mapping[str, Mapp
 
     sigs = {}
     for v in names:
-        path = work / f"sig-{v}.npz"
+        path = sig_path(v)
         if path.exists():
             sigs[v] = Signature.load(path)
             continue
@@ -172,7 +180,7 @@ def prepare_family(lm: Any, work: str | Path, *, vocabularies: Mapping[str, Mapp
         with np.load(path, allow_pickle=False) as z:
             splits[split] = {k: z[k] for k in z.files}
     return {"tasks": names, "signatures": sigs, "splits": splits, "token_ids": token_ids,
-            "seconds": time.time() - t0}
+            "n_prompts": {s: len(v["texts"]) for s, v in family.items()}, "seconds": time.time() - t0}
 
 
 def task_targets(prepared: Mapping[str, Any], task: str, split: str) -> np.ndarray:
