@@ -993,6 +993,50 @@ def compare_rankings(primary: pd.DataFrame, baseline: pd.DataFrame, k: int) -> t
     return show.reset_index(drop=True), summary
 
 
+@dataclasses.dataclass
+class RankingView:
+    """What the Source ranking page shows (see :func:`ranking_view`)."""
+
+    table: pd.DataFrame      # the primary's top k ∪ the baseline's top k, with ρ's, SEs, both ranks, disagree
+    baseline_top: pd.DataFrame  # the baseline's own top k (DuckDB)
+    summary: dict            # top-1 of each, agreement, overlap, Spearman, n_candidates
+    export: pd.DataFrame     # every candidate with both ranks and scores (the CSV download)
+    seconds: float
+
+
+def ranking_view(ws: Workspace, target_uid: str, k: int = 10, baseline: str = "activation", form: str = "U",
+                 groups: Sequence[str] | None = None) -> RankingView:
+    """Rank sources for a target by ρ_F and by a baseline, side by side.
+
+    The two top-k lists (and the SEs) come from DuckDB (:meth:`Workspace.rank`); the rank of every
+    candidate under both methods, needed for the disagreement flags and the Spearman correlation, comes
+    from the memoised ρ matrices (:meth:`Workspace.full_ranking`), which use the same formula.
+    """
+    t0 = time.perf_counter()
+    sel = list(groups) if groups else None
+    top = ws.rank(target_uid, k=int(k), by="joint", form=form, groups=sel, with_se=True)
+    top_b = ws.rank(target_uid, k=int(k), by=baseline, form=form, groups=sel, with_se=False)
+    full_f = ws.full_ranking(target_uid, by="joint", form=form, groups=sel)
+    full_b = ws.full_ranking(target_uid, by=baseline, form=form, groups=sel)
+    if top.empty:
+        return RankingView(top, top_b, {"n_candidates": 0}, top, time.perf_counter() - t0)
+    table, summary = compare_rankings(full_f, full_b, int(k))
+    summary.update(primary_top1=top["label"].iloc[0], baseline_top1=top_b["label"].iloc[0],
+                   top1_agree=bool(top["uid"].iloc[0] == top_b["uid"].iloc[0]))
+    cols = ["uid", "store", "rho_F", "rho_h", "rho_e", "kappa", "kronecker", "rho_F_se", "rho_h_se", "rho_e_se",
+            "kappa_se"]
+    table = table.drop(columns=["store"]).merge(top[cols], on="uid", how="left")
+    if table["rho_F"].isna().any():  # sources only in the baseline's top k: ρ's from the memoised matrices
+        fill = ws.alignments_to(target_uid, form=form).set_index("uid")
+        for c in ("store", "rho_F", "rho_h", "rho_e", "kappa", "kronecker"):
+            table[c] = table[c].fillna(table["uid"].map(fill[c]))
+    export = full_f.rename(columns={"rank": "rank_fishersketch", "score": "rho_F"}).merge(
+        full_b[["uid", "rank", "score"]].rename(columns={"rank": f"rank_{baseline}", "score": f"score_{baseline}"}),
+        on="uid", how="left").merge(top[["uid", "rho_F_se", "rho_h", "rho_e", "kappa"]], on="uid", how="left")
+    export.insert(0, "target", ws.row(target_uid)["label"])
+    return RankingView(table, top_b, summary, export, time.perf_counter() - t0)
+
+
 # --- bias audit ------------------------------------------------------------------------------------------
 
 def score_matrices(ws: Workspace, space: str, form: str = "U") -> tuple[dict[str, pd.DataFrame], pd.Series]:

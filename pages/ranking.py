@@ -1,8 +1,6 @@
 """Source ranking: a target's ranked sources (SQL over the stores), beside an activation-only ranking."""
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 import streamlit as st
 
@@ -45,30 +43,15 @@ for key, qp, default in (("rank_target", "target", labels[0]), ("rank_k", "k", 1
                          ("rank_groups", "groups", []), ("rank_form", "form", "U")):
     sync(key, qp, st.session_state[key], default)
 
-t0 = time.perf_counter()
 try:
-    sel = cand_groups or None
-    top = ws.rank(uid_of[target], k=int(k), by="joint", form=form, groups=sel, with_se=True)     # DuckDB
-    top_b = ws.rank(uid_of[target], k=int(k), by=vs, form=form, groups=sel, with_se=False)       # DuckDB
-    full_f = ws.full_ranking(uid_of[target], by="joint", form=form, groups=sel)  # ranks of every candidate
-    full_b = ws.full_ranking(uid_of[target], by=vs, form=form, groups=sel)
+    view = V.ranking_view(ws, uid_of[target], k=int(k), baseline=vs, form=form, groups=cand_groups)
 except Exception as exc:  # locked / incompatible / unknown target: say so in the page
     show_error(exc, "Ranking failed")
     st.stop()
-if top.empty:
+if view.table.empty:
     st.info("No candidate source matches the filters. Widen the candidate groups.")
     st.stop()
-table, summary = V.compare_rankings(full_f, full_b, int(k))
-summary.update(primary_top1=top["label"].iloc[0], baseline_top1=top_b["label"].iloc[0],
-               top1_agree=bool(top["uid"].iloc[0] == top_b["uid"].iloc[0]))
-cols = ["uid", "store", "rho_F", "rho_h", "rho_e", "kappa", "kronecker", "rho_F_se", "rho_h_se", "rho_e_se",
-        "kappa_se"]
-table = table.drop(columns=["store"]).merge(top[cols], on="uid", how="left")
-if table["rho_F"].isna().any():  # sources only in the baseline's top k: ρ's from the cached matrices
-    fill = ws.alignments_to(uid_of[target], form=form).set_index("uid")
-    for c in ("store", "rho_F", "rho_h", "rho_e", "kappa", "kronecker"):
-        table[c] = table[c].fillna(table["uid"].map(fill[c]))
-elapsed = time.perf_counter() - t0
+table, summary, top_b, elapsed = view.table, view.summary, view.baseline_top, view.seconds
 
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("FisherSketch top-1", summary["primary_top1"])
@@ -93,7 +76,7 @@ with left:
     st.dataframe(styled, hide_index=True, key="rank_table")
 with right:
     st.subheader(f"Ranked by {V.BY_LABELS[vs]}")
-    in_f = set(top["uid"])
+    in_f = set(table.loc[table["rank"] <= int(k), "uid"])
     score_col = {"activation": "rho_h", "error": "rho_e", "kronecker": "kronecker"}[vs]
     bshow = pd.DataFrame({"rank": top_b["rank"], "source": top_b["label"], "group": top_b["group"],
                           "score": top_b[score_col], "in ρ_F top k": top_b["uid"].isin(in_f)})
@@ -101,10 +84,7 @@ with right:
                                 axis=1).format({"score": "{:.3f}"})
     st.dataframe(bstyled, hide_index=True, key="rank_baseline_table")
 
-export = full_f.rename(columns={"rank": "rank_fishersketch", "score": "rho_F"}).merge(
-    full_b[["uid", "rank", "score"]].rename(columns={"rank": f"rank_{vs}", "score": f"score_{vs}"}), on="uid",
-    how="left").merge(top[["uid", "rho_F_se", "rho_h", "rho_e", "kappa"]], on="uid", how="left")
-export.insert(0, "target", target)
+export = view.export
 st.download_button("Download the full ranking (CSV)", export.to_csv(index=False).encode(),
                    file_name=f"ranking-{V._slug(target)}.csv", mime="text/csv", key="rank_download")
 st.session_state["rank_seconds"] = elapsed

@@ -62,6 +62,15 @@ def test_full_ranking_agrees_with_sql(base, tmp_path):
     np.testing.assert_allclose(full["score"], ref["score"], rtol=1e-5)
     top = ws.rank(uid, k=3)
     assert top["label"].tolist() == ref.sort_values("rho_F", ascending=False)["name"].head(3).tolist()
+    view = V.ranking_view(ws, uid, k=3, baseline="activation")
+    assert len(view.export) == len(ws.tasks()) - 1                      # every candidate in the CSV
+    assert view.export["rank_activation"].sort_values().tolist() == list(range(1, len(view.export) + 1))
+    assert view.summary["baseline_top1"] == ref["name"].iloc[0]
+    shown = view.table
+    assert set(top["uid"]) <= set(shown["uid"]) and shown["rho_F"].notna().all()
+    # a source in the baseline's top 3 only is shown with its ρ's (from the memoised matrices)
+    only_b = set(view.baseline_top["uid"]) - set(top["uid"])
+    assert only_b <= set(shown.loc[shown["disagree"], "uid"])
 
 
 def test_task_map_edge_cases():
