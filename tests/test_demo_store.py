@@ -53,3 +53,13 @@ def test_stored_delta_matches_recomputation_and_alignments_are_sane(demo):
     a = alignment(sigs[0], sigs[1])
     for est in (a.joint, a.activation, a.error):
         assert np.isfinite(est.value) and est.se > 0
+
+
+def test_second_architecture_at_vocabulary_scale(demo):
+    """Gemma 3 270M (K = 262,144) on a balanced subset: δ ≠ 0 holds there too."""
+    _, tasks, _ = demo
+    gemma = tasks[tasks["model_id"].str.contains("gemma", case=False)]
+    assert len(gemma) >= 20
+    assert set(gemma["K"]) == {262_144} and set(gemma["d"]) == {640}
+    assert gemma["group"].nunique() >= 5
+    assert (gemma["delta_u"] - 2 * gemma["delta_u_se"] > 0).mean() >= 0.9
