@@ -63,7 +63,7 @@ class Recipe:
 
     optimizer: str = "gd-armijo"
     steps: int = 5
-    lr0: float = 0.05
+    lr0: float = 0.01
     armijo_c: float = 0.5
     backtrack: float = 0.5
     max_backtracks: int = 12

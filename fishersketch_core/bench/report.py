@@ -295,6 +295,24 @@ def render_report(res: dict[str, Any], gl: pd.DataFrame, selfstats: dict[str, An
              "normalised gain (g(pick) − g(min))/(g(best) − g(min)), regret g(best) − g(pick), Spearman over the "
              f"pool; means over targets with percentile bootstrap 95 % intervals ({cfg.n_boot} resamples). Tied "
              "scores are broken uniformly at random in expectation.")
+    cal_path = Path(cfg.out) / "calibration.csv"
+    if cal_path.exists():
+        cal = pd.read_csv(cal_path)
+        cal = cal[cal["source"] == cal["target"]]
+        if len(cal):
+            L.append("")
+            L.append(f"Recipe calibration (`--calibrate`, on the {cal['source'].nunique()} calibration domains): "
+                     "self-gain g(t→t) in nats after k Armijo-GD steps, mean [min] over the domains.")
+            L.append("")
+            steps = sorted(cal["steps"].unique())
+            L.append("| initial step | " + " | ".join(f"{k} steps" for k in steps) + " |")
+            L.append("|---|" + "---|" * len(steps))
+            for lr, part in cal.groupby("lr0"):
+                cells = []
+                for k in steps:
+                    v = part[part["steps"] == k]["gain"]
+                    cells.append(f"{v.mean():.3f} [{v.min():+.3f}]" if len(v) else "—")
+                L.append(f"| {lr:g} | " + " | ".join(cells) + " |")
     L.append("")
     L.append(f"## Source selection over {n_eval} domains ({pool} candidates per target)")
     L.append("")

@@ -296,7 +296,7 @@ def run_verbalizer(cfg: BenchConfig, log: Callable[[str], Any]) -> dict[str, Any
             "family_seconds": prep["seconds"]}
 
 
-def run_calibration(cfg: BenchConfig, lrs: Sequence[float] = (0.01, 0.05, 0.2), max_steps: int = 10,
+def run_calibration(cfg: BenchConfig, lrs: Sequence[float] = (0.01, 0.05, 0.25), max_steps: int = 10,
                     report_steps: Sequence[int] = (1, 2, 3, 5, 8, 10), log: Callable[[str], Any] = _log_to_stderr
                     ) -> pd.DataFrame:
     """Self-gain (and gains between calibration domains) against step count and initial step size.
