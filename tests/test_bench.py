@@ -91,6 +91,18 @@ def test_bootstrap_ci():
     assert M.bootstrap_ci([])[3] == 0
 
 
+def test_oracle_share():
+    v, lo, hi, n = M.oracle_share([1.0, -0.01, 0.5, 0.3], [2.0, 0.0001, 0.5, -0.2])
+    assert n == 3 and v == pytest.approx((1.0 - 0.01 + 0.5) / (2.0 + 0.0001 + 0.5))
+    assert lo <= v <= hi
+    assert math.isnan(M.oracle_share([1.0], [-1.0])[0])
+    df = pd.DataFrame({"method": "x", "target": ["a", "b"], "top1": [1.0, 0.0], "pct_oracle": [1.0, 0.5],
+                       "normalised_gain": [1.0, 0.5], "regret": [0.0, 1.0], "spearman": [0.1, 0.2],
+                       "gain_chosen": [2.0, 1.0], "gain_best": [2.0, 2.0]})
+    s = M.summarise(df, n_boot=50)
+    assert s["oracle_share"].item() == pytest.approx(0.75) and s["pct_oracle_median"].item() == pytest.approx(0.75)
+
+
 def test_paired_difference_and_exact_vs_sketch():
     df = pd.DataFrame({"method": ["x", "x", "y", "y"], "target": ["t1", "t2", "t1", "t2"], "top1": [1.0, 1.0, 0.0, 1.0]})
     assert M.paired_difference(df, "x", "y", "top1")[0] == 0.5

@@ -9,6 +9,8 @@ ground-truth gains ``g(c)`` for ``c ∈ P``:
   scores exactly at chance instead of at whatever the first-listed candidate happens to be;
 * ``top1`` = [g(pick) = max g] (chance 1/|P|);
 * ``pct_oracle`` = g(pick) / max g, defined only where max g > 0 (NaN elsewhere, and left out of means);
+  aggregated over targets as :func:`oracle_share` = Σ g(pick) / Σ max g (the headline "% of oracle": the
+  mean of per-target ratios explodes when a target's best gain is close to 0 and its pick's is negative);
 * ``normalised_gain`` = (g(pick) − min g) / (max g − min g) (1 when all gains are equal), well defined
   when gains are negative;
 * ``regret`` = max g − g(pick) (nats);
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["METRICS", "pool_metrics", "evaluate_method", "evaluate_methods", "bootstrap_ci", "summarise",
-           "summary_table", "paired_difference", "exact_vs_sketch"]
+           "summary_table", "paired_difference", "oracle_share", "exact_vs_sketch"]
 
 METRICS = ("top1", "pct_oracle", "normalised_gain", "regret", "spearman")
 TIE_RTOL = 1e-9
@@ -141,11 +143,40 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, lev
     return mean, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)), n
 
 
+def oracle_share(gain_chosen: Sequence[float], gain_best: Sequence[float], n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float, int]:
+    """Share of the oracle's total gain that the picks achieve, Σ g(pick) / Σ g(best), over targets with
+    g(best) > 0, with a percentile bootstrap interval over targets: (value, lo, hi, n).
+
+    Unlike the mean of per-target ratios, it is not dominated by targets whose best gain is close to 0.
+
+    Examples
+    --------
+    >>> round(oracle_share([1.0, -0.01], [2.0, 0.0001])[0], 4)   # the mean of ratios would be (0.5 − 100)/2
+    0.495
+    """
+    gc, gb = np.asarray(gain_chosen, dtype=float), np.asarray(gain_best, dtype=float)
+    keep = np.isfinite(gc) & np.isfinite(gb) & (gb > 0)
+    gc, gb = gc[keep], gb[keep]
+    n = len(gc)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    value = float(gc.sum() / gb.sum())
+    if n == 1:
+        return value, value, value, 1
+    idx = np.random.default_rng(seed).integers(0, n, size=(int(n_boot), n))
+    boots = gc[idx].sum(1) / gb[idx].sum(1)
+    a = (1 - level) / 2
+    return value, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)), n
+
+
 def summarise(per_target: pd.DataFrame, by: Sequence[str] = ("method",), n_boot: int = 2000, seed: int = 0
               ) -> pd.DataFrame:
     """Mean and 95 % bootstrap interval of every metric per group of rows (default: per method).
 
-    Columns: the ``by`` keys, ``n_targets``, and ``<metric>``, ``<metric>_lo``, ``<metric>_hi``, ``<metric>_n``.
+    Columns: the ``by`` keys, ``n_targets``, ``<metric>``, ``<metric>_lo``, ``<metric>_hi``, ``<metric>_n`` for
+    every per-target metric (``pct_oracle`` is the mean of per-target ratios), ``oracle_share`` (+ ``_lo``,
+    ``_hi``, ``_n``: Σ g(pick) / Σ g(best), see :func:`oracle_share`) and ``pct_oracle_median``.
     """
     out = []
     for key, part in per_target.groupby(list(by), sort=False):
@@ -155,6 +186,9 @@ def summarise(per_target: pd.DataFrame, by: Sequence[str] = ("method",), n_boot:
         for k, metric in enumerate(METRICS):
             mean, lo, hi, n = bootstrap_ci(part[metric].to_numpy(), n_boot=n_boot, seed=seed + k)
             row.update({metric: mean, f"{metric}_lo": lo, f"{metric}_hi": hi, f"{metric}_n": n})
+        v, lo, hi, n = oracle_share(part["gain_chosen"], part["gain_best"], n_boot=n_boot, seed=seed + 99)
+        row.update({"oracle_share": v, "oracle_share_lo": lo, "oracle_share_hi": hi, "oracle_share_n": n})
+        row["pct_oracle_median"] = float(part["pct_oracle"].median()) if part["pct_oracle"].notna().any() else math.nan
         out.append(row)
     return pd.DataFrame(out)
 

@@ -182,9 +182,9 @@ def _notes(text: str) -> str | None:
 
 def _main_table(summary: pd.DataFrame, per_target: pd.DataFrame, n_boot: int, seed: int, chance: float) -> list[str]:
     s = summary[summary["target_group"] == "(all)"].set_index("method")
-    lines = ["| method | top-1 % [95 % CI] | % of oracle [CI] (n) | normalised gain [CI] | regret (nats) [CI] | "
-             "Spearman [CI] | Δ top-1 vs FisherSketch [CI] |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | top-1 % [95 % CI] | % of oracle, Σ pick / Σ best [CI] | median per-target % | "
+             "normalised gain [CI] | regret (nats) [CI] | Spearman [CI] | Δ top-1 vs FisherSketch [CI] |",
+             "|---|---|---|---|---|---|---|---|"]
     for m in _ordered(s.index):
         r = s.loc[m]
         if m != "fishersketch" and "fishersketch" in s.index:
@@ -193,10 +193,10 @@ def _main_table(summary: pd.DataFrame, per_target: pd.DataFrame, n_boot: int, se
         else:
             delta = ""
         name = f"**{METHOD_LABELS.get(m, m)}**" if m == "fishersketch" else METHOD_LABELS.get(m, m)
-        lines.append(f"| {name} | {_ci(r, 'top1')} | {_ci(r, 'pct_oracle')} ({int(r['pct_oracle_n'])}) | "
+        lines.append(f"| {name} | {_ci(r, 'top1')} | {_ci(r, 'oracle_share')} | {_pct(r['pct_oracle_median'])} | "
                      f"{_ci(r, 'normalised_gain', False, 3)} | {_ci(r, 'regret', False, 3)} | "
                      f"{_ci(r, 'spearman', False, 2)} | {delta} |")
-    lines.append(f"| chance | {100 * chance:.1f} | | | | 0 | |")
+    lines.append(f"| chance | {100 * chance:.1f} | | | | | 0 | |")
     return lines
 
 
@@ -221,8 +221,8 @@ def _discussion(summary: pd.DataFrame, per_target: pd.DataFrame, n_boot: int, se
     others = [m for m in _ordered(s.index) if m not in ("fishersketch", "rho_h_sketch")]
     best_other = max(others, key=lambda m: s.loc[m, "top1"])
     out = [f"- FisherSketch picks the best of the pool for {_pct(fs['top1'])} % of targets "
-           f"(95 % CI {_pct(fs['top1_lo'])}–{_pct(fs['top1_hi'])}) and recovers {_pct(fs['pct_oracle'])} % of the "
-           f"oracle gain on average."]
+           f"(95 % CI {_pct(fs['top1_lo'])}–{_pct(fs['top1_hi'])}); its picks achieve {_pct(fs['oracle_share'])} % "
+           f"(CI {_pct(fs['oracle_share_lo'])}–{_pct(fs['oracle_share_hi'])}) of the oracle's total gain."]
     better, worse, tied = [], [], []
     for m in others:
         d, lo, hi, _ = paired_difference(per_target, "fishersketch", m, "top1", n_boot, seed)
@@ -291,7 +291,9 @@ def render_report(res: dict[str, Any], gl: pd.DataFrame, selfstats: dict[str, An
              f"exact ρ_F on {cfg.exact_positions} probe positions per domain; mean-gradient and diagonal-Fisher "
              f"cosines on {cfg.baseline_positions}; CKA on {cfg.cka_positions} (rows paired by index); ρ_h, its "
              "centred variant and the unigram similarity on all probe positions.")
-    L.append("- **Metrics**: top-1 (pick = best in pool), % of oracle g(pick)/g(best) (targets with g(best) > 0), "
+    L.append("- **Metrics**: top-1 (pick = best in pool); % of oracle = Σ_t g(pick) / Σ_t g(best) over targets with "
+             "g(best) > 0 (the share of the oracle's total gain; the median of the per-target ratios g(pick)/g(best) "
+             "beside it — their mean is dominated by targets whose best gain is ≈ 0 and is only in metrics.csv); "
              "normalised gain (g(pick) − g(min))/(g(best) − g(min)), regret g(best) − g(pick), Spearman over the "
              f"pool; means over targets with percentile bootstrap 95 % intervals ({cfg.n_boot} resamples). Tied "
              "scores are broken uniformly at random in expectation.")
@@ -325,9 +327,9 @@ def render_report(res: dict[str, Any], gl: pd.DataFrame, selfstats: dict[str, An
     L.append("")
     L += _group_table(res["summary"], "top1")
     L.append("")
-    L.append("### % of oracle by target group")
+    L.append("### % of oracle (Σ pick / Σ best) by target group")
     L.append("")
-    L += _group_table(res["summary"], "pct_oracle")
+    L += _group_table(res["summary"], "oracle_share")
     L.append("")
     L.append("### What the numbers say (generated)")
     L.append("")
@@ -389,7 +391,7 @@ def render_report(res: dict[str, Any], gl: pd.DataFrame, selfstats: dict[str, An
     L.append("| stage | seconds |")
     L.append("|---|---|")
     for k2, v in tm.items():
-        L.append(f"| {k2.replace('_s', '').replace('_', ' ')} | {v:.0f} |")
+        L.append(f"| {k2.removesuffix('_s').replace('_', ' ')} | {v:.0f} |")
     L.append("")
     L.append(f"Machine: 2 shared CPU cores, torch {__import__('torch').__version__}, float32 throughout "
              "(Grams accumulated in float64). Expensive stages checkpoint into the work folder and resume.")
@@ -404,7 +406,8 @@ def render_report(res: dict[str, Any], gl: pd.DataFrame, selfstats: dict[str, An
              "chosen_group, n_tied, best, best_group, gain_chosen` (expected over tied picks), `gain_best, gain_min, "
              "top1, pct_oracle, normalised_gain, regret, spearman, n_candidates` |")
     L.append("| `metrics.csv` | per method × target group (`(all)` = every target): `n_targets` and for every metric "
-             "its mean, `_lo`, `_hi` (95 % bootstrap) and `_n` (targets where defined) |")
+             "its mean, `_lo`, `_hi` (95 % bootstrap) and `_n` (targets where defined); `oracle_share` (Σ pick / Σ "
+             "best, with interval) and `pct_oracle_median` |")
     L.append("| `pools.json` | the candidate pool of every target (the audit page must use these pools to score "
              "choices against `gains.parquet`) |")
     L.append("| `recipe.json` | recipe, every setting, evaluated and calibration domains, counts, self-gain check, "
