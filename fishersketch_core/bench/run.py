@@ -506,7 +506,7 @@ def _cli(args: argparse.Namespace) -> int:
         s = res["summary"]
         s = s[s["target_group"] == "(all)"]
         for r in s.itertuples():
-            print(f"{r.method:16s} top-1 {100 * r.top1:5.1f}%  oracle {100 * r.pct_oracle:5.1f}%  "
+            print(f"{r.method:16s} top-1 {100 * r.top1:5.1f}%  oracle share {100 * r.oracle_share:5.1f}%  "
                   f"Spearman {r.spearman:+.2f}")
     if cfg.stage == "all":
         print(f"benchmark finished in {time.time() - t0:.0f} s; results in {cfg.out}, report {cfg.report}")
