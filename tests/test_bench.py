@@ -115,6 +115,21 @@ def test_paired_difference_and_exact_vs_sketch():
     assert r["top1_agreement"] == 0.5
 
 
+def test_ground_truth_noise():
+    rng = np.random.default_rng(0)
+    before = {"t": rng.normal(3.0, 1.0, 400)}
+    clear = {("a", "t"): before["t"] - 1.0, ("b", "t"): before["t"] - 0.1 + rng.normal(0, 0.01, 400)}
+    r = M.ground_truth_noise(before, clear, {"t": ["a", "b"]}, n_boot=100)
+    assert r["stability"] == 1.0 and r["separated"] == 1.0
+    noisy = {("a", "t"): before["t"] - 0.1 + rng.normal(0, 1, 400), ("b", "t"): before["t"] - 0.1 + rng.normal(0, 1, 400)}
+    sc = pd.DataFrame({"t": [1.0, 0.0]}, index=["a", "b"])
+    tie = pd.DataFrame({"t": [1.0, 1.0]}, index=["a", "b"])
+    r = M.ground_truth_noise(before, noisy, {"t": ["a", "b"]}, scores={"x": sc, "tie": tie}, n_boot=400)
+    assert 0.2 < r["stability"] < 0.95 and r["separated"] == 0.0
+    assert r["resampled_top1"]["tie"] == pytest.approx(0.5)
+    assert 0.0 < r["resampled_top1"]["x"] < 1.0
+
+
 # --- ground truth -------------------------------------------------------------------------------------------
 
 def _tiny(seed=0, K=30, d=8, n=60):
@@ -218,9 +233,15 @@ def test_compute_gains_checkpoint_resume(tmp_path):
         return calls["n"] > 1  # stop after the first source
 
     part = G.compute_gains(torch.from_numpy(W), data.__getitem__, data.__getitem__, needed, rec, checkpoint=ck,
-                           should_stop=stop)
+                           should_stop=stop, positions_dir=tmp_path / "pos")
     assert 0 < len(part) < 9 and ck.exists()
-    resumed = G.compute_gains(torch.from_numpy(W), data.__getitem__, data.__getitem__, needed, rec, checkpoint=ck)
+    resumed = G.compute_gains(torch.from_numpy(W), data.__getitem__, data.__getitem__, needed, rec, checkpoint=ck,
+                              positions_dir=tmp_path / "pos")
+    before, after = G.load_positions(tmp_path / "pos", "abc")
+    assert len(after) == 9
+    r = resumed.set_index(["source", "target"])
+    assert float(before["b"].astype(np.float64).mean() - after[("a", "b")].astype(np.float64).mean()) == \
+        pytest.approx(r.loc[("a", "b"), "gain"], abs=1e-6)
     a = full.set_index(["source", "target"])["gain"].sort_index()
     b = resumed.set_index(["source", "target"])["gain"].sort_index()
     np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-6)
@@ -400,7 +421,9 @@ def test_benchmark_quick_end_to_end(tmp_path):
     assert rec["counts"]["evaluated"] == 7 and rec["recipe"]["steps"] == 2
     pools = json.loads((out / "pools.json").read_text())["pools"]
     assert all(len(p) == 4 for p in pools.values())
+    assert (out / "gt_noise.csv").exists()
     report = (out / "RESULTS.md").read_text()
+    assert "resampled ground truth" in report
     assert "FisherSketch ρ_F" in report and "QUICK MODE" in report and "gains.parquet" in report
     # the app's reader understands the gains file
     from fishersketch_core.views import read_gains

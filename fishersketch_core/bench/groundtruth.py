@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 
 __all__ = ["Recipe", "DomainCache", "subsample_index", "head_weight", "mean_nll", "per_position_nll",
-           "loss_and_grad", "adapt_head", "compute_gains", "needed_pairs", "GAIN_COLUMNS"]
+           "loss_and_grad", "adapt_head", "compute_gains", "needed_pairs", "load_positions", "GAIN_COLUMNS"]
 
 GAIN_COLUMNS = ["source", "target", "gain", "loss_before", "loss_after", "adapt_loss_before",
                 "adapt_loss_after", "steps", "final_lr", "backtracks", "seconds"]
@@ -276,6 +276,31 @@ def needed_pairs(pools: Mapping[str, Sequence[str]], self_gain: bool = True) -> 
     return {s: sorted(ts) for s, ts in sorted(need.items())}
 
 
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in name)
+
+
+def _savez_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_positions(positions_dir: str | os.PathLike, sources: Iterable[str]) -> tuple[dict[str, np.ndarray],
+                                                                                       dict[tuple[str, str], np.ndarray]]:
+    """Per-position evaluation NLLs written by :func:`compute_gains`: (before[target], after[(source, target)])."""
+    pdir = Path(positions_dir)
+    with np.load(pdir / "_before.npz", allow_pickle=False) as z:
+        before = {k: z[k] for k in z.files}
+    after: dict[tuple[str, str], np.ndarray] = {}
+    for s in sources:
+        f = pdir / f"{_safe_name(s)}.npz"
+        if f.exists():
+            with np.load(f, allow_pickle=False) as z:
+                after.update({(s, t): z[t] for t in z.files})
+    return before, after
+
+
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     df.to_csv(tmp, index=False)
@@ -284,8 +309,8 @@ def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
 
 def compute_gains(W0: torch.Tensor, adapt: Callable[[str], tuple[Any, Any]], evaluate: Callable[[str], tuple[Any, Any]],
                   needed: Mapping[str, Sequence[str]], recipe: Recipe, checkpoint: str | os.PathLike | None = None,
-                  log: Callable[[str], Any] | None = None, should_stop: Callable[[], bool] | None = None
-                  ) -> pd.DataFrame:
+                  log: Callable[[str], Any] | None = None, should_stop: Callable[[], bool] | None = None,
+                  positions_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Gains g(s → t) for every source s and target t in ``needed[s]``; resumable.
 
     Parameters
@@ -296,6 +321,9 @@ def compute_gains(W0: torch.Tensor, adapt: Callable[[str], tuple[Any, Any]], eva
     recipe : the one adaptation recipe
     checkpoint : CSV file; rows already there (same recipe) are kept and not recomputed
     should_stop : polled between sources; when it returns True the job returns what it has
+    positions_dir : optional folder for the per-position evaluation NLLs (``_before.npz``, one
+        ``<source>.npz`` per source keyed by target), for bootstrap estimates of the ground truth's noise;
+        with it, a source whose file is missing is recomputed even if its rows are in the checkpoint
 
     Returns
     -------
@@ -312,6 +340,28 @@ def compute_gains(W0: torch.Tensor, adapt: Callable[[str], tuple[Any, Any]], eva
     if before_path is not None and before_path.exists():
         before = dict(pd.read_csv(before_path)[["target", "loss_before"]].itertuples(index=False, name=None))
     targets = sorted({t for ts in needed.values() for t in ts})
+    pdir = Path(positions_dir) if positions_dir is not None else None
+    if pdir is not None:
+        pdir.mkdir(parents=True, exist_ok=True)
+        bfile = pdir / "_before.npz"
+        have = {}
+        if bfile.exists():
+            with np.load(bfile, allow_pickle=False) as z:
+                have = {k: z[k] for k in z.files}
+        miss = [t for t in targets if t not in have]
+        if miss:
+            for t in miss:
+                have[t] = per_position_nll(W0, *evaluate(t), chunk=recipe.chunk).numpy()
+            _savez_atomic(bfile, have)
+        for s_ in list(needed):
+            f = pdir / f"{_safe_name(s_)}.npz"
+            ok = False
+            if f.exists():
+                with np.load(f, allow_pickle=False) as z:
+                    ok = set(needed[s_]) <= set(z.files)
+            if not ok and any(r["source"] == s_ for r in rows):
+                rows = [r for r in rows if r["source"] != s_]
+        done = {(r["source"], r["target"]) for r in rows}
     missing_before = [t for t in targets if t not in before]
     if missing_before:
         t0 = time.time()
@@ -332,14 +382,23 @@ def compute_gains(W0: torch.Tensor, adapt: Callable[[str], tuple[Any, Any]], eva
         t0 = time.time()
         W, info = adapt_head(W0, *adapt(s), recipe)
         t_adapt = time.time() - t0
+        per_pos: dict[str, np.ndarray] = {}
         for t in ts:
-            after = mean_nll(W, *evaluate(t), chunk=recipe.chunk)
+            pp = per_position_nll(W, *evaluate(t), chunk=recipe.chunk)
+            per_pos[t] = pp.numpy()
+            after = float(pp.double().mean())
             rows.append({"source": s, "target": t, "gain": before[t] - after, "loss_before": before[t],
                          "loss_after": after, "adapt_loss_before": info["adapt_loss_before"],
                          "adapt_loss_after": info["adapt_loss_after"], "steps": info["steps"],
                          "final_lr": info["final_lr"], "backtracks": info["backtracks"],
                          "seconds": time.time() - t0})
         del W
+        if pdir is not None:
+            f = pdir / f"{_safe_name(s)}.npz"
+            if f.exists():
+                with np.load(f, allow_pickle=False) as z:
+                    per_pos = {**{k: z[k] for k in z.files}, **per_pos}
+            _savez_atomic(f, per_pos)
         if path is not None:
             _write_csv_atomic(pd.DataFrame(rows, columns=GAIN_COLUMNS), path)
         el = time.time() - t_start

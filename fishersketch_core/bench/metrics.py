@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["METRICS", "pool_metrics", "evaluate_method", "evaluate_methods", "bootstrap_ci", "summarise",
-           "summary_table", "paired_difference", "oracle_share", "exact_vs_sketch"]
+           "summary_table", "paired_difference", "oracle_share", "exact_vs_sketch", "ground_truth_noise"]
 
 METRICS = ("top1", "pct_oracle", "normalised_gain", "regret", "spearman")
 TIE_RTOL = 1e-9
@@ -241,3 +241,52 @@ def exact_vs_sketch(sketch: pd.DataFrame, exact: pd.DataFrame, pools: Mapping[st
     return {"abs_diff": d, "n_pairs": int(len(d)), "mean": float(d.mean()) if len(d) else math.nan,
             "max": float(d.max()) if len(d) else math.nan, **q,
             "top1_agreement": float(np.mean(agree)) if agree else math.nan, "n_targets": len(agree)}
+
+
+def ground_truth_noise(before: Mapping[str, np.ndarray], after: Mapping[tuple[str, str], np.ndarray],
+                       pools: Mapping[str, Sequence[str]], scores: Mapping[str, pd.DataFrame] | None = None,
+                       n_boot: int = 200, seed: int = 0, rtol: float = TIE_RTOL) -> dict[str, Any]:
+    """How much of the ground truth is noise from the finite evaluation split.
+
+    For every target, its evaluation positions are resampled with replacement (``n_boot`` times, the same
+    resample for every pool source: gains are paired) and the pool's gains recomputed from the per-position
+    NLLs ``before[t]`` and ``after[(s, t)]``.
+
+    Returns a dict with ``per_target`` (DataFrame: target, stability = share of resamples in which the
+    full-sample best source is still the best, separated = the 95 % bootstrap interval of g(best) − g(second)
+    excludes 0, gap = that difference), the means ``stability`` and ``separated``, and when ``scores`` is given
+    ``resampled_top1`` (method → top-1 against the resampled ground truths, ties split evenly), to be read
+    next to the full-sample best's own ``stability``: no predictor can be expected to beat it by much.
+    """
+    rng = np.random.default_rng(seed)
+    rows, hits = [], {m: [] for m in (scores or {})}
+    for t, pool in pools.items():
+        pool = [c for c in pool if c != t and (c, t) in after]
+        if len(pool) < 2 or t not in before:
+            continue
+        b = np.asarray(before[t], dtype=np.float64)
+        A = np.stack([np.asarray(after[(c, t)], dtype=np.float64) for c in pool])      # (P, n)
+        n = len(b)
+        full = b.mean() - A.mean(1)
+        idx = rng.integers(0, n, size=(int(n_boot), n))
+        G = b[idx].mean(1)[:, None] - A[:, idx].mean(2).T                              # (n_boot, P)
+        best, second = np.argsort(full)[::-1][:2]
+        d = G[:, best] - G[:, second]
+        rows.append({"target": t, "stability": float((G.argmax(1) == best).mean()), "gap": float(full[best] - full[second]),
+                     "gap_lo": float(np.quantile(d, 0.025)), "separated": bool(np.quantile(d, 0.025) > 0)})
+        for m, sc in (scores or {}).items():
+            v = sc.reindex(index=pool)[t].to_numpy(dtype=float)
+            fin = np.isfinite(v)
+            if fin.any():
+                tied = fin & (v >= v[fin].max() - rtol * max(1.0, abs(v[fin].max())))
+            else:
+                tied = np.ones(len(v), bool)
+            winners = G.argmax(1)
+            hits[m].append(float(tied[winners].mean() / tied.sum()) if tied.sum() else 0.0)
+    df = pd.DataFrame(rows)
+    out: dict[str, Any] = {"per_target": df, "n_boot": int(n_boot),
+                           "stability": float(df["stability"].mean()) if len(df) else math.nan,
+                           "separated": float(df["separated"].mean()) if len(df) else math.nan}
+    if scores:
+        out["resampled_top1"] = {m: float(np.mean(v)) if v else math.nan for m, v in hits.items()}
+    return out

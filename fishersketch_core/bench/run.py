@@ -182,7 +182,12 @@ def run_gains(cfg: BenchConfig, sel: dict[str, Any], W: torch.Tensor, pools: dic
     needed = needed_pairs(pools, self_gain=True)
     log(f"ground truth: {sum(map(len, needed.values()))} pairs ({len(needed)} sources); recipe {r.key()}; "
         f"checkpoint {ck}")
-    return compute_gains(W, adapt, evaluate, needed, r, checkpoint=ck, log=log)
+    return compute_gains(W, adapt, evaluate, needed, r, checkpoint=ck, log=log, positions_dir=positions_dir(cfg, sel))
+
+
+def positions_dir(cfg: BenchConfig, sel: dict[str, Any]) -> Path:
+    """Where the per-position evaluation NLLs of the ground truth go (for its noise estimate)."""
+    return Path(cfg.work or default_work()) / f"positions-{sel['model_hash'].replace('sha256:', '')[:12]}-{cfg.recipe.key()}"
 
 
 def run_methods(cfg: BenchConfig, sel: dict[str, Any], W: torch.Tensor, log: Callable[[str], Any]
@@ -415,6 +420,12 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], Any] = _log_to_stderr) 
             extras["subsample_sketch"]["fishersketch"], extras["exact"]["exact_rho_F_split"], pools)
         evs["sketch vs exact, same subsample (U form)"] = exact_vs_sketch(
             extras["subsample_sketch"]["fishersketch"], extras["exact"]["exact_rho_F"], pools)
+    from .groundtruth import load_positions
+    from .metrics import ground_truth_noise
+
+    before, after = load_positions(positions_dir(cfg, sel), names)
+    gt_noise = ground_truth_noise(before, after, pools, scores={m: scores[m] for m in scores},
+                                  n_boot=200 if not cfg.quick else 50, seed=cfg.seed)
     verb = None
     if cfg.verbalizer and not cfg.quick and cfg.stage in ("all", "verbalizer"):
         t0 = time.time()
@@ -423,7 +434,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], Any] = _log_to_stderr) 
     timings["total_s"] = time.time() - t_all
     res = {"config": cfg, "selection": sel, "pools": pools, "gains": gains, "calibration_self": calib_self,
            "scores": scores, "extras": extras, "per_target": per_target, "summary": summary,
-           "exact_vs_sketch": evs, "verbalizer": verb, "timings": timings, "model_id": model_id,
+           "exact_vs_sketch": evs, "verbalizer": verb, "gt_noise": gt_noise, "timings": timings, "model_id": model_id,
            "model_hash": sel["model_hash"]}
     write_outputs(res, log)
     return res
